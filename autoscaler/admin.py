@@ -1,0 +1,94 @@
+"""The autoscaler's admin API: /status (JSON), /metrics (Prometheus), /healthz.
+
+Bound to 127.0.0.1 (local) or the compose network only. With a token set,
+everything but /healthz needs `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from autoscaler.controller import Controller
+from autoscaler.runtime.base import ROLES
+
+
+class FleetCollector(Collector):
+    def __init__(self, c: Controller) -> None:
+        self.c = c
+
+    def collect(self) -> Iterator[Metric]:
+        c = self.c
+        desired = GaugeMetricFamily("gpufleet_desired_replicas", "Desired replicas by pool and kind",
+                                    labels=["pool", "kind"])
+        replicas = GaugeMetricFamily("gpufleet_replicas", "Replicas by pool and role",
+                                     labels=["pool", "role"])
+        panic = GaugeMetricFamily("gpufleet_panic", "1 while the pool is in panic mode", labels=["pool"])
+        sig = GaugeMetricFamily("gpufleet_signal", "Latest pool signal", labels=["pool", "signal"])
+        for p in c.cfg.pools:
+            st = c.pools[p.name]
+            if st.decision:
+                desired.add_metric([p.name, "active"], st.decision.desired_active)
+                desired.add_metric([p.name, "warm"], st.decision.desired_warm)
+                panic.add_metric([p.name], 1.0 if st.decision.panic else 0.0)
+            for role in ROLES:
+                replicas.add_metric([p.name, role],
+                                    sum(1 for r in c.replicas if r.pool == p.name and r.role == role))
+            if st.signals:
+                s = st.signals[-1]
+                for name, val in (("running", s.running), ("waiting", s.waiting),
+                                  ("kv_cache_usage", s.kv_usage), ("ttft_p95_s", s.ttft_p95_s),
+                                  ("request_rate", s.request_rate), ("ready", s.ready)):
+                    if val is not None:
+                        sig.add_metric([p.name, name], float(val))
+        yield from (desired, replicas, panic, sig)
+        g = c.gateway.stats
+        yield CounterMetricFamily("gpufleet_gateway_reloads", "nginx reloads", value=g.reloads)
+        yield CounterMetricFamily("gpufleet_gateway_errors", "Renders or nginx -t that failed "
+                                  "(last good config kept)", value=g.render_errors)
+        events = CounterMetricFamily("gpufleet_events", "Controller events by kind",
+                                     labels=["kind", "pool"])
+        counts: dict[tuple[str, str], int] = {}
+        for e in c.events:
+            k = (e["kind"], e.get("pool") or "")
+            counts[k] = counts.get(k, 0) + 1
+        for (kind, pool), n in sorted(counts.items()):
+            events.add_metric([kind, pool], n)
+        yield events
+        yield CounterMetricFamily("gpufleet_ticks", "Control loop ticks", value=c.ticks)
+
+
+def create_admin_app(controller: Controller, token: str | None = None) -> FastAPI:
+    app = FastAPI(title="gpufleet autoscaler")
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(controller))
+
+    @app.middleware("http")
+    async def auth(request: Request, call_next: Any) -> Response:
+        if token and request.url.path != "/healthz":
+            got = request.headers.get("authorization", "")
+            if not secrets.compare_digest(got, f"Bearer {token}"):
+                return JSONResponse({"error": {"message": "missing or wrong admin token",
+                                               "type": "authentication_error"}}, status_code=401)
+        return await call_next(request)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "ticks": controller.ticks}
+
+    @app.get("/status")
+    async def status() -> dict[str, Any]:
+        return controller.status()
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

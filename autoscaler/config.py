@@ -1,0 +1,260 @@
+"""fleet.yaml: one validated file. A bad file refuses to start and names the field."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SIGNALS = ("queue_depth", "concurrency", "kv_cache_usage", "ttft_p95_s", "request_rate")
+
+
+class ConfigError(ValueError):
+    """A fleet.yaml that cannot be used, with the field path in the message."""
+
+
+class _Strict(BaseModel):
+    # A misspelt key is an error, not a silently ignored default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RatePolicy(_Strict):
+    type: Literal["replicas", "percent"]
+    value: float = Field(gt=0)
+    period_s: float = Field(gt=0)
+
+
+class ScaleRules(_Strict):
+    stabilization_s: float = Field(ge=0)
+    policies: tuple[RatePolicy, ...] = ()
+    select: Literal["max", "min"] = "max"
+
+
+class Behavior(_Strict):
+    tolerance: float = Field(default=0.1, ge=0, lt=1)
+    metric_window_s: float = Field(default=2.0, gt=0)
+    scale_up: ScaleRules = ScaleRules(
+        stabilization_s=0,
+        policies=(RatePolicy(type="percent", value=100, period_s=15),
+                  RatePolicy(type="replicas", value=4, period_s=15)),
+    )
+    scale_down: ScaleRules = ScaleRules(
+        stabilization_s=300, policies=(RatePolicy(type="percent", value=100, period_s=15),)
+    )
+    panic_threshold: float = Field(default=2.0, gt=1)
+    panic_hold_s: float = Field(default=30.0, ge=0)
+
+
+class Targets(_Strict):
+    """Per-replica targets; a signal left unset is not used."""
+
+    queue_depth: float | None = Field(default=None, gt=0)
+    concurrency: float | None = Field(default=None, gt=0)
+    kv_cache_usage: float | None = Field(default=None, gt=0, le=1)
+    ttft_p95_s: float | None = Field(default=None, gt=0)
+    request_rate: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_at_least(self) -> Targets:
+        if all(getattr(self, s) is None for s in SIGNALS):
+            raise ValueError(f"set at least one target ({', '.join(SIGNALS)})")
+        return self
+
+    def items(self) -> list[tuple[str, float]]:
+        return [(s, v) for s in SIGNALS if (v := getattr(self, s)) is not None]
+
+
+class WarmPool(_Strict):
+    min: int = Field(default=1, ge=0)
+    max: int = Field(default=2, ge=0)
+    history_s: float = Field(default=600, ge=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> WarmPool:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+
+class SimEngineArgs(_Strict):
+    profile: str = "tiny"
+    load_time_s: float | None = Field(default=None, ge=0)
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    step_base_s: float | None = Field(default=None, gt=0)
+    step_per_seq_s: float | None = Field(default=None, ge=0)
+    kv_capacity_tokens: int | None = Field(default=None, ge=1)
+
+    @field_validator("profile")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from inference.engines.profiles import PROFILES
+
+        if v not in PROFILES:
+            raise ValueError(f"unknown sim profile {v!r}; known: {', '.join(sorted(PROFILES))}")
+        return v
+
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
+
+
+class PoolConfig(_Strict):
+    name: str
+    model: str = Field(min_length=1)
+    engine: Literal["sim", "command"] = "sim"
+    sim: SimEngineArgs = SimEngineArgs()
+    command: tuple[str, ...] | None = None  # engine=command: argv with {port} and {model}
+    image: str | None = None  # docker runtime: a replica image other than ours (e.g. vLLM)
+    gpus_per_replica: int = Field(default=1, ge=0, le=8)
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=4, ge=1)
+    warm_pool: WarmPool = WarmPool()
+    targets: Targets = Targets(concurrency=6)
+    behavior: Behavior = Behavior()
+    drain_timeout_s: float = Field(default=120, gt=0)
+    fallback: tuple[str, ...] = ()
+    priority: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("use lower-case letters, digits and '-' (it names upstreams and containers)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PoolConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})")
+        if self.engine == "command" and not self.command:
+            raise ValueError("engine 'command' needs `command` (argv, with {port} and {model})")
+        return self
+
+    def config_hash(self) -> str:
+        """What a replica was started with; replicas of another hash are replaced."""
+        keep = self.model_dump(include={"model", "engine", "sim", "command", "image", "gpus_per_replica"})
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class GatewayConfig(_Strict):
+    listen: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    reload_min_interval_s: float = Field(default=0.5, ge=0)
+    worker_shutdown_timeout_s: int = Field(default=240, ge=1)
+    client_max_body_size: str = "1m"
+    upstream_template: Path | None = None  # override the packaged Jinja2 template
+
+
+class AdminConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8181, ge=1, le=65535)
+    token: str | None = None
+
+
+class PrometheusConfig(_Strict):
+    enabled: bool = True
+    listen: str = "127.0.0.1"
+    port: int = Field(default=9090, ge=1, le=65535)
+
+
+class GpuConfig(_Strict):
+    source: Literal["none", "nvml", "topology", "auto"] = "auto"
+    topology_file: Path | None = None
+    virtual_slots: int = Field(default=8, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _file(self) -> GpuConfig:
+        if self.source == "topology" and self.topology_file is None:
+            raise ValueError("source 'topology' needs topology_file")
+        return self
+
+
+class FleetConfig(_Strict):
+    tick_s: float = Field(default=1.0, gt=0, le=60)
+    scrape_timeout_s: float = Field(default=0.5, gt=0)
+    unhealthy_after: int = Field(default=3, ge=1)
+    gateway: GatewayConfig = GatewayConfig()
+    admin: AdminConfig = AdminConfig()
+    prometheus: PrometheusConfig = PrometheusConfig()
+    gpus: GpuConfig = GpuConfig()
+    pools: tuple[PoolConfig, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _pools(self) -> FleetConfig:
+        names = [p.name for p in self.pools]
+        models = [p.model for p in self.pools]
+        for what, seq in (("name", names), ("model", models)):
+            dup = {x for x in seq if seq.count(x) > 1}
+            if dup:
+                raise ValueError(f"pool {what}s must be unique; repeated: {', '.join(sorted(dup))}")
+        for p in self.pools:
+            for f in p.fallback:
+                if f not in names or f == p.name:
+                    raise ValueError(f"pool {p.name!r}: fallback {f!r} is not another pool")
+        return self
+
+    def pool(self, name: str) -> PoolConfig:
+        return next(p for p in self.pools if p.name == name)
+
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "pools": [
+        {
+            "name": "chat",
+            "model": "gpufleet-tiny-chat",
+            "engine": "sim",
+            "sim": {"profile": "tiny"},
+            "gpus_per_replica": 0,
+            "min_replicas": 1,
+            "max_replicas": 4,
+            "warm_pool": {"min": 1, "max": 2},
+            "targets": {"concurrency": 6, "queue_depth": 2},
+        }
+    ],
+    "gpus": {"source": "none"},
+}
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def parse_config(data: Any, source: str = "fleet.yaml") -> FleetConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return FleetConfig.model_validate(data)
+    except ValidationError as e:
+        errs = e.errors()
+        lines = []
+        for err in errs:
+            loc = err["loc"]
+            # A list whose items failed also reports itself as too short: noise.
+            if err["type"] == "too_short" and any(
+                o["loc"][: len(loc)] == loc and len(o["loc"]) > len(loc) for o in errs
+            ):
+                continue
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {_field_path(loc)}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(path: Path | None) -> FleetConfig:
+    if path is None:
+        return parse_config(DEFAULT_CONFIG, "built-in default")
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,233 @@
+"""nginx as a process (local runtime) or a container (docker runtime): write the
+rendered files, validate with `nginx -t`, reload by SIGHUP. A render or a test
+that fails keeps the last good files and is counted, never fatal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autoscaler.config import GatewayConfig
+from autoscaler.gateway.render import (
+    TEMPLATES,
+    PoolRoute,
+    packaged_template,
+    render_gateway,
+    render_template,
+)
+
+log = logging.getLogger("gpufleet.gateway")
+
+NJS_MODULE_CANDIDATES = (
+    "/usr/lib/nginx/modules/ngx_http_js_module.so",
+    "/usr/lib64/nginx/modules/ngx_http_js_module.so",
+    "/etc/nginx/modules/ngx_http_js_module.so",
+)
+
+
+def find_nginx() -> str | None:
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None
+    )
+
+
+def find_njs_module() -> str | None:
+    return next((p for p in NJS_MODULE_CANDIDATES if os.path.exists(p)), None)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class GatewayStats:
+    reloads: int = 0
+    render_errors: int = 0
+    last_reload_at: float | None = None  # wall clock
+    last_reload_s: float | None = None  # nginx -t + signal
+    last_error: str | None = None
+    reload_durations: list[float] = field(default_factory=list)
+
+
+class Gateway:
+    """Keeps nginx's generated files in step with the serving replicas.
+
+    `validate` and `signal_reload` are the runtime-specific parts: a local
+    process here, `docker exec` + kill for the Docker runtime.
+    """
+
+    def __init__(
+        self,
+        conf_dir: Path,
+        cfg: GatewayConfig,
+        validate: Callable[[], tuple[bool, str]],
+        signal_reload: Callable[[], None],
+    ) -> None:
+        self.conf_dir = conf_dir
+        self.cfg = cfg
+        self._validate = validate
+        self._signal = signal_reload
+        self.stats = GatewayStats()
+        self._applied: dict[str, str] | None = None
+        self._pending: dict[str, str] | None = None
+        self._last_reload_mono = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._rejected: dict[str, str] | None = None  # last set nginx -t refused: not retried
+        self._last_msg: str | None = None
+        self.on_reload: list[Callable[[], None]] = []
+
+    def write_initial(self) -> None:
+        """Files nginx needs before its first start: no pool is serving yet."""
+        shutil.copyfile(TEMPLATES / "gateway.js", self.conf_dir / "gateway.js")
+        files = render_gateway([])
+        for name, text in files.items():
+            atomic_write(self.conf_dir / name, text)
+        self._applied = files
+
+    def update(self, routes: Sequence[PoolRoute]) -> bool:
+        """Render; reload now, or as soon as the debounce interval allows. True if a change is due."""
+        try:
+            files = render_gateway(routes, self.cfg.upstream_template)
+        except Exception as e:  # a broken template must never take the gateway down
+            self._error(f"render failed: {type(e).__name__}: {e}")
+            return False
+        if files != self._rejected:
+            self._last_msg = None
+        if files == self._applied or files == self._rejected:
+            self._pending = None
+            return False
+        self._pending = files
+        wait = self.cfg.reload_min_interval_s - (time.monotonic() - self._last_reload_mono)
+        if wait <= 0:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(wait, self.flush)
+        return True
+
+    @property
+    def pending(self) -> bool:
+        return self._pending is not None
+
+    def flush(self) -> None:
+        self._timer = None
+        files = self._pending
+        if files is None:
+            return
+        self._pending = None
+        t0 = time.monotonic()
+        backup = {n: (self.conf_dir / n).read_text() for n in files if (self.conf_dir / n).exists()}
+        for name, text in files.items():
+            atomic_write(self.conf_dir / name, text)
+        ok, out = self._validate()
+        if not ok:
+            for name, text in backup.items():
+                atomic_write(self.conf_dir / name, text)
+            self._rejected = files
+            self._error(f"nginx -t rejected the new config; kept the last good one: {out.strip()[-500:]}")
+            return
+        try:
+            self._signal()
+        except Exception as e:
+            self._error(f"reload signal failed: {e}")
+            return
+        dt = time.monotonic() - t0
+        self._applied = files
+        self._rejected = None
+        self._last_msg = None
+        self._last_reload_mono = time.monotonic()
+        self.stats.reloads += 1
+        self.stats.last_reload_at = time.time()
+        self.stats.last_reload_s = dt
+        self.stats.reload_durations = [*self.stats.reload_durations[-99:], dt]
+        for cb in self.on_reload:
+            cb()
+
+    def _error(self, msg: str) -> None:
+        # The same failure every tick is one failure, not one a second.
+        if msg == self._last_msg:
+            return
+        self._last_msg = msg
+        self.stats.render_errors += 1
+        self.stats.last_error = msg
+        log.error("gateway: %s", msg)
+
+
+class LocalNginx:
+    """nginx as a child process of `gpufleet up --local`."""
+
+    def __init__(self, run_dir: Path, cfg: GatewayConfig, binary: str | None = None) -> None:
+        self.run_dir = run_dir
+        self.conf_dir = run_dir / "nginx"
+        self.cfg = cfg
+        self.binary = binary or find_nginx()
+        if self.binary is None:
+            raise RuntimeError("nginx not found on PATH; install it (Debian: apt-get install nginx "
+                               "libnginx-mod-http-js)")
+        self.conf = self.conf_dir / "nginx.conf"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def render_main(self) -> None:
+        for d in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+            (self.run_dir / d).mkdir(parents=True, exist_ok=True)
+        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        njs = find_njs_module()
+        text = render_template(
+            packaged_template("nginx.conf.j2"),
+            mode="local",
+            njs_module=njs,
+            worker_processes=2,
+            run_dir=self.run_dir,
+            conf_dir=self.conf_dir,
+            foreground=True,
+            worker_shutdown_timeout=self.cfg.worker_shutdown_timeout_s,
+            access_log=f"{self.run_dir}/nginx-access.log gpufleet",
+            listen=self.cfg.listen,
+            port=self.cfg.port,
+            client_max_body_size=self.cfg.client_max_body_size,
+        )
+        atomic_write(self.conf, text)
+
+    def _cmd(self, *extra: str) -> list[str]:
+        assert self.binary
+        return [self.binary, "-p", str(self.run_dir), "-c", str(self.conf),
+                "-e", str(self.run_dir / "nginx-error.log"), *extra]
+
+    def validate(self) -> tuple[bool, str]:
+        r = subprocess.run(self._cmd("-t", "-q"), capture_output=True, text=True, timeout=30)
+        return r.returncode == 0, r.stderr + r.stdout
+
+    def start(self) -> None:
+        ok, out = self.validate()
+        if not ok:
+            raise RuntimeError(f"nginx config invalid: {out}")
+        log_f = open(self.run_dir / "nginx-stdout.log", "ab")  # noqa: SIM115 (lives with the process)
+        self.proc = subprocess.Popen(self._cmd(), stdout=log_f, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def reload(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError("nginx is not running")
+        self.proc.send_signal(signal.SIGHUP)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGQUIT)  # graceful: let open streams finish
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)

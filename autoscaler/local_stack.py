@@ -1,0 +1,138 @@
+"""`gpufleet up --local`: nginx, Prometheus, replicas and the loop on this host, in the foreground.
+
+SIGINT/SIGTERM stop everything this stack started. If a previous run was
+killed hard, its replicas are adopted (their state files survive) and its
+nginx/Prometheus are stopped and started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from autoscaler.admin import create_admin_app
+from autoscaler.config import FleetConfig
+from autoscaler.controller import Controller
+from autoscaler.gateway.nginx import Gateway, LocalNginx, atomic_write
+from autoscaler.gateway.render import packaged_template, render_template
+from autoscaler.gpus.placement import make_placer
+from autoscaler.prom_sd import TargetsWriter
+from autoscaler.runtime.local import LocalRuntime
+
+log = logging.getLogger("gpufleet.local")
+
+
+class _AdminServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # The stack owns SIGINT/SIGTERM and stops the server itself.
+        yield
+
+
+def _stop_stale(pid_file: Path, sig: int = signal.SIGQUIT) -> None:
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, sig)
+        log.warning("stopped a stale process %d from a previous run (%s)", pid, pid_file.name)
+    except (OSError, ValueError):
+        pass
+
+
+class LocalPrometheus:
+    def __init__(self, run_dir: Path, cfg: FleetConfig) -> None:
+        self.dir = run_dir / "prometheus"
+        self.cfg = cfg
+        self.binary = shutil.which("prometheus")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.targets = self.dir / "targets.json"
+
+    def start(self) -> None:
+        if self.binary is None:
+            log.warning("prometheus not found on PATH: running without it (apt-get install prometheus)")
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        rules = Path(__file__).resolve().parent.parent / "prometheus" / "rules.yml"
+        text = render_template(
+            packaged_template("prometheus.yml.j2"), mode="local", scrape_interval="2s",
+            rule_files=[str(rules)] if rules.exists() else [],
+            autoscaler_target=f"{self.cfg.admin.host}:{self.cfg.admin.port}",
+            targets_file=str(self.targets),
+        )
+        atomic_write(self.dir / "prometheus.yml", text)
+        _stop_stale(self.dir / "prometheus.pid", signal.SIGTERM)
+        log_f = open(self.dir / "prometheus.log", "ab")  # noqa: SIM115 (lives with the process)
+        p = self.cfg.prometheus
+        self.proc = subprocess.Popen(
+            [self.binary, f"--config.file={self.dir / 'prometheus.yml'}",
+             f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address={p.listen}:{p.port}",
+             "--storage.tsdb.retention.time=2d"],
+            stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        (self.dir / "prometheus.pid").write_text(str(self.proc.pid))
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        (self.dir / "prometheus.pid").unlink(missing_ok=True)
+
+
+async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None = None) -> None:
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    nginx = LocalNginx(run_dir, cfg.gateway)
+    nginx.render_main()
+    _stop_stale(run_dir / "nginx.pid")
+    gateway = Gateway(nginx.conf_dir, cfg.gateway, nginx.validate, nginx.reload)
+    gateway.write_initial()
+    prom = LocalPrometheus(run_dir, cfg) if cfg.prometheus.enabled else None
+    runtime = LocalRuntime(run_dir / "replicas")
+    controller = Controller(cfg, runtime, gateway, make_placer(cfg.gpus),
+                            TargetsWriter(run_dir / "prometheus" / "targets.json"))
+    admin = _AdminServer(uvicorn.Config(create_admin_app(controller, cfg.admin.token),
+                                        host=cfg.admin.host, port=cfg.admin.port,
+                                        log_level="warning", access_log=False))
+    try:
+        await asyncio.sleep(0.2)  # let a stale nginx release the port
+        nginx.start()
+        if prom:
+            prom.start()
+        admin_task = asyncio.create_task(admin.serve(), name="admin-api")
+        loop_task = asyncio.create_task(controller.run(stop), name="control-loop")
+        log.info("gpufleet up: gateway http://%s:%d  admin http://%s:%d/status  run dir %s",
+                 cfg.gateway.listen, cfg.gateway.port, cfg.admin.host, cfg.admin.port, run_dir)
+        done, _ = await asyncio.wait({admin_task, loop_task, asyncio.create_task(stop.wait())},
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+        stop.set()
+        await loop_task
+        admin.should_exit = True
+        await admin_task
+    finally:
+        log.info("stopping: replicas, nginx, prometheus")
+        await controller.shutdown_replicas()
+        await controller.close()
+        nginx.stop()
+        if prom:
+            prom.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,158 @@
+"""Replicas as child processes of this host, state as one JSON file each.
+
+For hosts where Docker is not allowed and for fast integration tests. A
+replica's file is written before its process starts and removed after it has
+stopped, so a restarted autoscaler adopts what runs and cleans up what died.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+from autoscaler.runtime.base import Replica, ReplicaSpec, Role
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _pid_running(pid: int, replica_id: str) -> bool:
+    """Alive and really ours: pids are reused, zombies are dead."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        if state in ("Z", "X"):
+            return False
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return replica_id.encode() in f.read()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+class LocalRuntime:
+    name = "local"
+
+    def __init__(self, state_dir: Path, host: str = "127.0.0.1") -> None:
+        self.state_dir = state_dir
+        self.host = host
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _path(self, rid: str) -> Path:
+        return self.state_dir / f"{rid}.json"
+
+    def _read(self, rid: str) -> dict[str, object]:
+        return json.loads(self._path(rid).read_text())
+
+    def _write(self, rid: str, data: dict[str, object]) -> None:
+        tmp = self.state_dir / f".{rid}.tmp"
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self._path(rid))
+
+    def _to_replica(self, d: dict[str, object]) -> Replica:
+        rid = str(d["id"])
+        pid = d.get("pid")
+        child = self._children.get(rid)
+        if child is not None:
+            alive = child.poll() is None
+        else:
+            alive = isinstance(pid, int) and _pid_running(pid, rid)
+        return Replica(
+            id=rid,
+            pool=str(d["pool"]),
+            model=str(d["model"]),
+            role=d["role"],  # type: ignore[arg-type]
+            target_role=d["target_role"],  # type: ignore[arg-type]
+            url=f"http://{d['host']}:{d['port']}",
+            upstream=f"{d['host']}:{d['port']}",
+            gpus=tuple(d.get("gpus", ())),  # type: ignore[arg-type]
+            config_hash=str(d["config_hash"]),
+            created_at=float(d["created_at"]),  # type: ignore[arg-type]
+            alive=alive,
+            role_since=float(d.get("role_since", d["created_at"])),  # type: ignore[arg-type]
+            labels={"pid": str(pid)},
+        )
+
+    def list(self) -> list[Replica]:
+        out = []
+        for p in sorted(self.state_dir.glob("r-*.json")):
+            try:
+                out.append(self._to_replica(json.loads(p.read_text())))
+            except (OSError, ValueError, KeyError):
+                continue  # a half-written file from a crash: the tmp name protects against this
+        return out
+
+    def create(self, spec: ReplicaSpec) -> Replica:
+        rid = f"r-{spec.pool}-{uuid.uuid4().hex[:8]}"
+        port = _free_port(self.host)
+        now = time.time()
+        data: dict[str, object] = {
+            "id": rid, "pool": spec.pool, "model": spec.model, "role": "starting",
+            "target_role": spec.target_role, "host": self.host, "port": port,
+            "gpus": list(spec.gpus), "config_hash": spec.config_hash,
+            "created_at": now, "role_since": now, "pid": None, "spec": asdict(spec),
+        }
+        self._write(rid, data)  # state first: a crash from here on leaves a record to clean up
+        argv = [a.format(port=port, host=self.host, replica_id=rid) for a in spec.argv]
+        env = dict(os.environ, GPUFLEET_REPLICA_ID=rid)
+        if spec.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpus)
+        log = open(self.state_dir / f"{rid}.log", "ab")  # noqa: SIM115 (lives with the process)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        log.close()
+        if spec.cpus:
+            try:
+                os.sched_setaffinity(proc.pid, set(spec.cpus))
+            except OSError:
+                pass  # cores not on this host: placement is advice, not a failure
+        self._children[rid] = proc
+        data["pid"] = proc.pid
+        self._write(rid, data)
+        return self._to_replica(data)
+
+    def set_role(self, replica_id: str, role: Role, target_role: Role | None = None) -> None:
+        d = self._read(replica_id)
+        d["role"] = role
+        d["role_since"] = time.time()
+        if target_role is not None:
+            d["target_role"] = target_role
+        self._write(replica_id, d)
+
+    def remove(self, replica_id: str, grace_s: float = 5.0) -> None:
+        try:
+            d = self._read(replica_id)
+        except FileNotFoundError:
+            return
+        pid = d.get("pid")
+        child = self._children.pop(replica_id, None)
+        if isinstance(pid, int) and (child is not None or _pid_running(pid, replica_id)):
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline:
+                if child is not None and child.poll() is not None:
+                    break
+                if child is None and not _pid_running(pid, replica_id):
+                    break
+                time.sleep(0.05)
+            else:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if child is not None:
+                child.wait(5)
+        self._path(replica_id).unlink(missing_ok=True)

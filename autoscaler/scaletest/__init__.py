@@ -1,0 +1,1 @@
+"""Traffic generation and reporting for `make scale-test` and the integration tests."""

@@ -1,0 +1,152 @@
+"""Open-loop load: each request leaves at its scheduled time whether or not
+earlier ones have finished (a closed loop hides queueing). Every request is
+timed (TTFT, inter-token gaps, end to end); a stream that ends without
+`data: [DONE]` counts as failed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import httpx
+
+
+@dataclass(frozen=True)
+class Arrival:
+    at: float  # seconds after the start
+    prompt_tokens: int = 32
+    max_tokens: int = 16
+    stream: bool = True
+
+
+@dataclass
+class Result:
+    at: float  # scheduled offset
+    sent: float  # wall clock
+    status: int = 0
+    ok: bool = False
+    error: str | None = None
+    stream: bool = True
+    ttft: float | None = None
+    e2e: float | None = None
+    first_byte_at: float | None = None  # wall clock
+    tokens: int = 0
+    gaps: list[float] = field(default_factory=list)
+    upstream: str | None = None
+    bytes: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d.pop("gaps")
+        d["max_gap"] = max(self.gaps) if self.gaps else None
+        return d
+
+
+def _prompt(n_tokens: int, i: int) -> str:
+    # ~4 characters a token, the replica's own estimate
+    return (f"request {i}: " + "lorem ipsum dolor sit amet " * (n_tokens // 6 + 1))[: max(4, n_tokens * 4)]
+
+
+async def one_request(client: httpx.AsyncClient, url: str, model: str, a: Arrival, i: int) -> Result:
+    sent = time.time()
+    t0 = time.monotonic()
+    res = Result(at=a.at, sent=sent, stream=a.stream)
+    body = {"model": model, "messages": [{"role": "user", "content": _prompt(a.prompt_tokens, i)}],
+            "max_tokens": a.max_tokens, "stream": a.stream}
+    try:
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+            res.status = r.status_code
+            res.upstream = r.headers.get("x-gpufleet-upstream")
+            if r.status_code != 200:
+                res.error = (await r.aread()).decode(errors="replace")[:300]
+                return res
+            if not a.stream:
+                raw = await r.aread()
+                res.bytes = len(raw)
+                res.first_byte_at = time.time()
+                res.ttft = res.e2e = time.monotonic() - t0
+                data = json.loads(raw)
+                res.tokens = int(data["usage"]["completion_tokens"])
+                res.ok = res.tokens == a.max_tokens
+                if not res.ok:
+                    res.error = f"short completion: {res.tokens}/{a.max_tokens} tokens"
+                return res
+            done = False
+            last = None
+            async for line in r.aiter_lines():
+                res.bytes += len(line) + 1
+                if not line.startswith("data: "):
+                    continue
+                payload = line[6:]
+                if payload == "[DONE]":
+                    done = True
+                    break
+                chunk = json.loads(payload)
+                if chunk.get("choices") and chunk["choices"][0].get("delta", {}).get("content"):
+                    now = time.monotonic()
+                    if res.ttft is None:
+                        res.ttft = now - t0
+                        res.first_byte_at = time.time()
+                    else:
+                        res.gaps.append(now - last)  # type: ignore[operator]
+                    last = now
+                    res.tokens += 1
+            res.e2e = time.monotonic() - t0
+            res.ok = done and res.tokens == a.max_tokens
+            if not res.ok:
+                res.error = f"stream cut: done={done} tokens={res.tokens}/{a.max_tokens}"
+    except (httpx.HTTPError, json.JSONDecodeError, KeyError) as e:
+        res.error = f"{type(e).__name__}: {e}"
+        res.e2e = time.monotonic() - t0
+    return res
+
+
+async def run_open_loop(
+    url: str,
+    model: str,
+    arrivals: Sequence[Arrival],
+    *,
+    max_in_flight: int = 512,
+    timeout_s: float = 120.0,
+    on_result: Callable[[Result], None] | None = None,
+) -> list[Result]:
+    """Send every arrival on schedule; a request beyond max_in_flight is counted as failed (client-side
+    overload), not delayed, so the schedule stays open-loop."""
+    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
+    timeout = httpx.Timeout(timeout_s, connect=5.0)
+    results: list[Result] = []
+    in_flight = 0
+    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+        start = time.monotonic()
+
+        async def fire(a: Arrival, i: int) -> None:
+            nonlocal in_flight
+            if in_flight >= max_in_flight:
+                r = Result(at=a.at, sent=time.time(), stream=a.stream, error="client in-flight cap reached")
+            else:
+                in_flight += 1
+                try:
+                    r = await one_request(client, url, model, a, i)
+                finally:
+                    in_flight -= 1
+            results.append(r)
+            if on_result:
+                on_result(r)
+
+        tasks = []
+        for i, a in enumerate(sorted(arrivals, key=lambda a: a.at)):
+            delay = start + a.at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(fire(a, i)))
+        await asyncio.gather(*tasks)
+    return results
+
+
+def constant_rate(rate: float, start: float, duration: float, **kw: object) -> list[Arrival]:
+    """Evenly spaced arrivals (deterministic: a test should not depend on Poisson luck)."""
+    n = int(rate * duration)
+    return [Arrival(at=start + i / rate, **kw) for i in range(n)]  # type: ignore[arg-type]

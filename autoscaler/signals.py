@@ -1,0 +1,120 @@
+"""Replica metrics → per-pool signals. Parsing and aggregation are pure; the
+scrape itself is a thin httpx call in the controller.
+
+Metric names follow vLLM V1; SGLang's and TGI's equivalents are mapped so that
+those servers can be pool replicas too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+# Our signal ← (metric family name as the parser reports it, per engine)
+_RUNNING = ("vllm:num_requests_running", "sglang:num_running_reqs", "tgi_batch_current_size")
+_WAITING = ("vllm:num_requests_waiting", "sglang:num_queue_reqs", "tgi_queue_size")
+_KV = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage")
+_TTFT = ("vllm:time_to_first_token_seconds",)
+_SUCCESS = ("vllm:request_success",)
+
+
+@dataclass(frozen=True)
+class ReplicaSample:
+    t: float
+    running: float
+    waiting: float
+    kv_usage: float
+    ttft_buckets: tuple[tuple[float, float], ...]  # cumulative (le, count), ascending le
+    requests_total: float
+
+
+def parse_metrics(text: str, t: float) -> ReplicaSample:
+    running = waiting = kv = requests = 0.0
+    buckets: dict[float, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if fam.name in _RUNNING and s.name == fam.name:
+                running += s.value
+            elif fam.name in _WAITING and s.name == fam.name:
+                waiting += s.value
+            elif fam.name in _KV and s.name == fam.name:
+                kv = max(kv, s.value)
+            elif fam.name in _TTFT and s.name.endswith("_bucket"):
+                le = float(s.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + s.value
+            elif fam.name in _SUCCESS and s.name.endswith("_total"):
+                requests += s.value
+    return ReplicaSample(t, running, waiting, kv, tuple(sorted(buckets.items())), requests)
+
+
+@dataclass(frozen=True)
+class PoolSignals:
+    """What the policy sees of one pool at one tick (totals over routed, ready replicas)."""
+
+    t: float
+    ready: int
+    running: float
+    waiting: float
+    kv_usage: float  # mean over ready replicas
+    ttft_p95_s: float | None  # over the window; None without enough requests
+    request_rate: float | None  # requests/s finished, whole pool
+
+
+def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
+    """Prometheus' histogram_quantile on cumulative buckets (linear within a bucket)."""
+    if not buckets:
+        return None
+    total = buckets[-1][1]
+    if total <= 0:
+        return None
+    rank = q * total
+    prev_le, prev_c = 0.0, 0.0
+    for le, c in buckets:
+        if c >= rank:
+            if math.isinf(le):
+                return prev_le
+            if c == prev_c:
+                return le
+            return prev_le + (le - prev_le) * (rank - prev_c) / (c - prev_c)
+        prev_le, prev_c = le, c
+    return prev_le
+
+
+def _delta_buckets(
+    new: tuple[tuple[float, float], ...], old: tuple[tuple[float, float], ...] | None
+) -> list[tuple[float, float]]:
+    base = dict(old or ())
+    # A counter that went down means the replica restarted: count from zero.
+    return [(le, c - base.get(le, 0.0) if c >= base.get(le, 0.0) else c) for le, c in new]
+
+
+def pool_signals(
+    t: float, series: Sequence[Sequence[ReplicaSample]], window_s: float
+) -> PoolSignals:
+    """Aggregate per-replica sample histories (oldest first) of the pool's routed, ready replicas."""
+    latest = [s[-1] for s in series if s]
+    n = len(latest)
+    running = sum(s.running for s in latest)
+    waiting = sum(s.waiting for s in latest)
+    kv = sum(s.kv_usage for s in latest) / n if n else 0.0
+    merged: dict[float, float] = {}
+    finished = 0.0
+    span = 0.0
+    for hist in series:
+        if not hist:
+            continue
+        new = hist[-1]
+        old = next((s for s in hist if s.t >= t - window_s), hist[0])
+        if old is new and len(hist) == 1:
+            continue
+        for le, c in _delta_buckets(new.ttft_buckets, old.ttft_buckets):
+            merged[le] = merged.get(le, 0.0) + c
+        d = new.requests_total - old.requests_total
+        finished += d if d >= 0 else new.requests_total
+        span = max(span, new.t - old.t)
+    ttft = histogram_quantile(0.95, sorted(merged.items())) if merged else None
+    rate = finished / span if span > 0 else None
+    return PoolSignals(t, n, running, waiting, kv, ttft, rate)

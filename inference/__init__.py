@@ -1,0 +1,1 @@
+"""OpenAI-compatible inference replica with vLLM-named metrics."""

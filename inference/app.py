@@ -1,0 +1,192 @@
+"""The replica's HTTP surface: OpenAI endpoints, health, readiness, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from inference.engines.base import Engine, EngineNotReady, PromptTooLong
+from inference.metrics import ReplicaMetrics
+from inference.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    OpenAIError,
+    count_tokens,
+    parse_body,
+)
+
+
+def _err(e: OpenAIError) -> JSONResponse:
+    headers = {"Retry-After": "1"} if e.status == 503 else None
+    return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+
+def _sse(obj: dict[str, Any] | str) -> bytes:
+    data = obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+def create_app(engine: Engine, served_model: str) -> FastAPI:
+    metrics = ReplicaMetrics(served_model)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.create_task(engine.load(), name="model-load")
+        yield
+        loader.cancel()
+
+    app = FastAPI(title="gpufleet replica", lifespan=lifespan)
+
+    @app.exception_handler(OpenAIError)
+    async def _openai_error(_: Request, e: OpenAIError) -> JSONResponse:
+        return _err(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, e: RequestValidationError) -> JSONResponse:
+        return _err(OpenAIError(400, str(e.errors()[0].get("msg", "invalid request"))))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        return _err(OpenAIError(e.status_code, str(e.detail), code=None))
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        if engine.ready:
+            return JSONResponse({"status": "ready", "model": served_model})
+        return JSONResponse({"status": "loading", "model": served_model}, status_code=503)
+
+    @app.get("/metrics")
+    async def prom() -> Response:
+        metrics.observe_stats(engine.stats())
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [{"id": served_model, "object": "model", "created": 0, "owned_by": "gpufleet"}],
+        }
+
+    def check_model(name: str) -> None:
+        if name != served_model:
+            raise OpenAIError(404, f"The model `{name}` does not exist.", param="model",
+                              code="model_not_found")
+
+    async def run(req: ChatCompletionRequest | CompletionRequest, chat: bool) -> Response:
+        check_model(req.model)
+        prompt = req.prompt_text()
+        prompt_tokens = count_tokens(prompt)
+        max_tokens = req.token_budget()
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        created = int(time.time())
+        obj = "chat.completion" if chat else "text_completion"
+        t0 = time.monotonic()
+        stream = engine.generate(prompt, prompt_tokens, max_tokens)
+        # Pull the first token before answering so that "loading" and "too long"
+        # become proper 4xx/5xx responses instead of a broken stream.
+        try:
+            first = await anext(stream)
+        except EngineNotReady as e:
+            raise OpenAIError(503, str(e), type_="service_unavailable") from None
+        except PromptTooLong as e:
+            raise OpenAIError(400, str(e), param="max_tokens",
+                              code="context_length_exceeded") from None
+        ttft = time.monotonic() - t0
+
+        def usage(n: int) -> dict[str, int]:
+            return {"prompt_tokens": prompt_tokens, "completion_tokens": n,
+                    "total_tokens": prompt_tokens + n}
+
+        def record(n: int, gaps: list[float]) -> None:
+            reason = "length"
+            metrics.finished(ttft=ttft, e2e=time.monotonic() - t0, gaps=gaps,
+                             prompt=prompt_tokens, generated=n, reason=reason)
+
+        if not req.stream:
+            parts = [first]
+            gaps: list[float] = []
+            last = time.monotonic()
+            async for tok in stream:
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+                parts.append(tok)
+            text = "".join(parts)
+            record(len(parts), gaps)
+            choice: dict[str, Any] = {"index": 0, "finish_reason": "length", "logprobs": None}
+            if chat:
+                choice["message"] = {"role": "assistant", "content": text}
+            else:
+                choice["text"] = text
+            return JSONResponse({"id": rid, "object": obj, "created": created,
+                                 "model": served_model, "choices": [choice],
+                                 "usage": usage(len(parts))})
+
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        chunk_obj = "chat.completion.chunk" if chat else "text_completion"
+
+        def chunk(tok: str | None, finish: str | None, first_chunk: bool = False) -> bytes:
+            if chat:
+                delta: dict[str, Any] = {}
+                if first_chunk:
+                    delta["role"] = "assistant"
+                if tok is not None:
+                    delta["content"] = tok
+                c: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish,
+                                     "logprobs": None}
+            else:
+                c = {"index": 0, "text": tok or "", "finish_reason": finish, "logprobs": None}
+            body: dict[str, Any] = {"id": rid, "object": chunk_obj, "created": created,
+                                    "model": served_model, "choices": [c]}
+            if include_usage:
+                body["usage"] = None
+            return _sse(body)
+
+        async def events() -> AsyncIterator[bytes]:
+            n = 1
+            gaps: list[float] = []
+            last = time.monotonic()
+            try:
+                yield chunk(first, None, first_chunk=True)
+                async for tok in stream:
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+                    n += 1
+                    yield chunk(tok, None)
+                yield chunk(None, "length")
+                if include_usage:
+                    yield _sse({"id": rid, "object": chunk_obj, "created": created,
+                                "model": served_model, "choices": [], "usage": usage(n)})
+                yield _sse("[DONE]")
+                record(n, gaps)
+            finally:
+                await stream.aclose()
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        return await run(parse_body(await request.body(), ChatCompletionRequest), chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await run(parse_body(await request.body(), CompletionRequest), chat=False)
+
+    return app

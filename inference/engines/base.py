@@ -1,0 +1,36 @@
+"""The contract between the HTTP layer and an engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class EngineNotReady(RuntimeError):
+    """The model is still loading (or failed to load)."""
+
+
+class PromptTooLong(ValueError):
+    """prompt + max_tokens exceeds what the engine can ever hold."""
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    running: int
+    waiting: int
+    kv_cache_usage: float  # 0..1, like vllm:kv_cache_usage_perc
+
+
+class Engine(Protocol):
+    name: str
+    max_model_len: int
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def load(self) -> None: ...
+
+    def stats(self) -> EngineStats: ...
+
+    def generate(self, prompt: str, prompt_tokens: int, max_tokens: int) -> AsyncIterator[str]: ...

@@ -1,0 +1,207 @@
+"""Shared test helpers: free ports, polling with a deadline, real-process stacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(pred: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            v = pred()
+            if v:
+                return v
+        except (httpx.HTTPError, OSError, KeyError, ValueError) as e:
+            last_exc = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc})")
+
+
+def require_host_binaries() -> None:
+    """Integration tests need real nginx (+ njs) and Prometheus. In CI a missing one is a failure."""
+    missing = [b for b in ("nginx", "prometheus") if shutil.which(b) is None]
+    if not any(os.path.exists(p) for p in ("/usr/lib/nginx/modules/ngx_http_js_module.so",)):
+        missing.append("nginx njs module (libnginx-mod-http-js)")
+    if missing:
+        msg = (f"MISSING {', '.join(missing)}: integration tests need them "
+               "(Debian: apt-get install nginx libnginx-mod-http-js prometheus)")
+        if os.environ.get("GPUFLEET_REQUIRE_INTEGRATION"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+class LocalStack:
+    """`gpufleet up --local` as a real subprocess, on free ports, in a temp run dir."""
+
+    def __init__(self, tmp: Path, config: dict[str, Any]) -> None:
+        self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.run_dir = tmp / "run"
+        self.gw_port, self.admin_port, self.prom_port = free_port(), free_port(), free_port()
+        cfg = dict(config)
+        cfg.setdefault("gateway", {})["port"] = self.gw_port
+        cfg.setdefault("admin", {})["port"] = self.admin_port
+        cfg.setdefault("prometheus", {})["port"] = self.prom_port
+        self.config_path = tmp / "fleet.yaml"
+        self.config_path.write_text(yaml.safe_dump(cfg))
+        self.url = f"http://127.0.0.1:{self.gw_port}"
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tmp / "gpufleet.log"
+        self.seen_pids: set[int] = set()
+
+    def start(self, active: int = 1, timeout: float = 45) -> LocalStack:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "autoscaler.cli", "up", "--local", "--config",
+                 str(self.config_path), "--run-dir", str(self.run_dir)],
+                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            )
+        self.wait_active(active, timeout)
+        return self
+
+    def status(self) -> dict[str, Any]:
+        r = httpx.get(f"{self.admin}/status", timeout=5)
+        r.raise_for_status()
+        st = r.json()
+        self._remember_pids()
+        return st
+
+    def _remember_pids(self) -> None:
+        for f in (self.run_dir / "replicas").glob("r-*.json"):
+            try:
+                pid = json.loads(f.read_text()).get("pid")
+            except (OSError, ValueError):
+                continue
+            if isinstance(pid, int):
+                self.seen_pids.add(pid)
+
+    def pool(self, name: str = "chat") -> dict[str, Any]:
+        return self.status()["pools"][name]
+
+    def replicas(self, pool: str = "chat", role: str | None = None, ready: bool | None = None) -> list[dict]:
+        reps = self.pool(pool)["replicas"]
+        return [r for r in reps if (role is None or r["role"] == role)
+                and (ready is None or r["ready"] == ready)]
+
+    def wait_active(self, n: int, timeout: float = 30, pool: str = "chat") -> list[dict]:
+        def ok() -> list[dict] | None:
+            self._check_alive()
+            reps = self.replicas(pool, role="active", ready=True)
+            if len(reps) >= n and self.gateway_serves():
+                return reps
+            return None
+
+        return wait_for(ok, timeout, f"{n} active replicas serving through the gateway")
+
+    def gateway_serves(self) -> bool:
+        r = httpx.get(f"{self.url}/v1/models", timeout=2)
+        return r.status_code == 200 and bool(r.json()["data"])
+
+    def _check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"gpufleet exited with {self.proc.returncode}:\n{self.tail_log()}")
+
+    def tail_log(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log.read_text().splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def replica_pid(self, rid: str) -> int:
+        return int(json.loads((self.run_dir / "replicas" / f"{rid}.json").read_text())["pid"])
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        ev = self.status()["events"]
+        return [e for e in ev if kind is None or e["kind"] == kind]
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            try:
+                self._remember_pids()
+            except OSError:
+                pass
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise AssertionError(f"gpufleet did not stop on SIGINT:\n{self.tail_log()}") from None
+        return int(self.proc.returncode)
+
+    def leftover_processes(self) -> list[str]:
+        """Replicas or nginx/prometheus of this stack still running."""
+        left = [f"replica pid {p}" for p in self.seen_pids if pid_alive(p)]
+        for pid_file in (self.run_dir / "nginx.pid", self.run_dir / "prometheus" / "prometheus.pid"):
+            try:
+                pid = int(pid_file.read_text())
+            except (OSError, ValueError):
+                continue
+            if pid_alive(pid):
+                left.append(f"{pid_file.name} {pid}")
+        run = str(self.run_dir).encode()
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    if run in (d / "cmdline").read_bytes() and pid_alive(int(d.name)):
+                        left.append(f"pid {d.name}: {(d / 'cmdline').read_bytes()[:120]!r}")
+                except OSError:
+                    continue
+        return left
+
+
+def sim_pool(**over: Any) -> dict[str, Any]:
+    """A small, quick pool: each request of 20 tokens takes ~1 s; 4 at a time per replica."""
+    pool: dict[str, Any] = {
+        "name": "chat",
+        "model": "tiny-chat",
+        "engine": "sim",
+        "sim": {"profile": "tiny", "load_time_s": 1.0, "max_num_seqs": 4, "step_base_s": 0.05,
+                "step_per_seq_s": 0.0},
+        "gpus_per_replica": 0,
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "warm_pool": {"min": 1, "max": 1},
+        "targets": {"concurrency": 5},
+        "behavior": {"scale_down": {"stabilization_s": 8,
+                                    "policies": [{"type": "replicas", "value": 4, "period_s": 5}]}},
+        "drain_timeout_s": 30,
+    }
+    pool.update(over)
+    return pool
