@@ -37,7 +37,8 @@ class ScaleRules(_Strict):
 
 class Behavior(_Strict):
     tolerance: float = Field(default=0.1, ge=0, lt=1)
-    metric_window_s: float = Field(default=2.0, gt=0)
+    # Up reacts to the latest tick (like HPA); the long down window absorbs the noise.
+    metric_window_s: float = Field(default=1.0, gt=0)
     scale_up: ScaleRules = ScaleRules(
         stabilization_s=0,
         policies=(RatePolicy(type="percent", value=100, period_s=15),

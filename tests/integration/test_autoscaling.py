@@ -116,12 +116,13 @@ def test_burst_activates_warm_then_refills_and_drains_without_errors(local_stack
     print(f"\nFIGURES burst: decision {decided['t'] - burst_at:.2f}s after burst; warm activation "
           f"(decision -> first token from new replica) {latency:.3f}s; requests {len(results)}, failed 0")
 
-    # The warm pool is refilled by a cold start after the activation.
-    refills = [e for e in rec.of("start") if e["t"] >= acts[0]["t"] and e["target"] == "warm"]
-    assert refills, "warm pool not refilled after activation"
-    refill_ids = {e["replica"] for e in refills}
-    assert any(e["replica"] in refill_ids and e["role"] == "warm" for e in rec.of("ready")), \
-        "refilled warm replica never became ready"
+    # The warm pool is refilled: cold starts follow the activation, and a ready warm replica
+    # other than the one activated is there again afterwards.
+    starts = [e for e in rec.of("start") if e["t"] >= acts[0]["t"]]
+    assert starts, "no cold start after the warm replica was activated"
+    refilled = [t for t, st in rec.snapshots if t > acts[0]["t"] and any(
+        r["role"] == "warm" and r["ready"] and r["id"] != warm_id for r in st["pools"]["chat"]["replicas"])]
+    assert refilled, "the warm pool was never refilled after the burst"
 
     # Scale-down: only after the 8 s stabilization window, and always by drain first.
     drop_at = t0 + base + burst

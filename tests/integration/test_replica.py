@@ -1,0 +1,122 @@
+"""A real replica process: readiness, OpenAI API, errors, metrics, batching."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from autoscaler.signals import parse_metrics
+from tests.helpers import free_port, wait_for
+
+
+@pytest.fixture
+def replica() -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "inference", "--port", str(port), "--model", "m1",
+                             "--load-time", "1.5", "--max-num-seqs", "2", "--step-base", "0.05",
+                             "--step-per-seq", "0"])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: httpx.get(f"{url}/health").status_code == 200, 20, "replica /health")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_ready_only_after_load_and_health_before(replica):
+    assert httpx.get(f"{replica}/health").status_code == 200
+    r = httpx.get(f"{replica}/ready")
+    assert r.status_code == 503, "a loading replica must not report ready"
+    r = httpx.post(f"{replica}/v1/completions", json={"model": "m1", "prompt": "x"})
+    assert r.status_code == 503 and r.json()["error"]["type"] == "service_unavailable"
+    wait_for(lambda: httpx.get(f"{replica}/ready").status_code == 200, 10, "ready after load")
+
+
+def test_openai_client_chat_completions_streaming_and_not(replica):
+    wait_for(lambda: httpx.get(f"{replica}/ready").status_code == 200, 10, "ready")
+    c = openai.OpenAI(base_url=f"{replica}/v1", api_key="x", max_retries=0)
+    assert [m.id for m in c.models.list().data] == ["m1"]
+    r = c.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hello"}], max_tokens=5)
+    assert r.choices[0].message.role == "assistant"
+    assert r.usage.completion_tokens == 5 and len(r.choices[0].message.content.split()) == 5
+    again = c.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hello"}],
+                                      max_tokens=5)
+    assert again.choices[0].message.content == r.choices[0].message.content, "sim text is deterministic"
+    chunks = list(c.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}],
+                                            max_tokens=4, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 4
+    assert chunks[-2].choices[0].finish_reason == "length"
+    comp = c.completions.create(model="m1", prompt="once upon", max_tokens=3)
+    assert comp.usage.completion_tokens == 3 and comp.choices[0].text
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        (b"{not json", 400, None),
+        (b"[1, 2]", 400, None),
+        (b'{"model": "m1", "messages": []}', 400, "messages"),
+        (b'{"model": "m1", "messages": "hi"}', 400, "messages"),
+        (b'{"model": "m1", "messages": [{"role": "robot", "content": "x"}]}', 400, "messages.0.role"),
+        (b'{"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}', 400,
+         "max_tokens"),
+        (b'{"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}', 400,
+         "max_tokens"),
+        (b'{"model": "m1", "messages": [{"role": "user", "content": "x"}], "max_tokens": 900000}', 400,
+         "max_tokens"),
+        (b'{"model": "m1", "messages": [{"role": "user", "content": "x"}], "temperature": 9}', 400,
+         "temperature"),
+        (b'{"model": "other", "messages": [{"role": "user", "content": "x"}]}', 404, "model"),
+    ],
+)
+def test_bad_input_gets_openai_error_never_500(replica, body, status, param):
+    wait_for(lambda: httpx.get(f"{replica}/ready").status_code == 200, 10, "ready")
+    r = httpx.post(f"{replica}/v1/chat/completions", content=body,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["message"] and err["type"]
+    assert err["param"] == param
+
+
+def test_continuous_batching_queues_beyond_slots_and_metrics_show_it(replica):
+    wait_for(lambda: httpx.get(f"{replica}/ready").status_code == 200, 10, "ready")
+
+    async def go() -> list[float]:
+        async with httpx.AsyncClient(timeout=30) as c:
+            async def one() -> float:
+                t = time.monotonic()
+                r = await c.post(f"{replica}/v1/completions",
+                                 json={"model": "m1", "prompt": "x", "max_tokens": 20})
+                assert r.status_code == 200
+                return time.monotonic() - t
+
+            async def peek() -> tuple[float, float]:
+                await asyncio.sleep(0.3)
+                s = parse_metrics((await c.get(f"{replica}/metrics")).text, 0)
+                return s.running, s.waiting
+
+            *times, seen = await asyncio.gather(*(one() for _ in range(4)), peek())
+            assert seen == (2, 2), f"2 slots: 2 running and 2 waiting expected, saw {seen}"
+            return times
+
+    times = sorted(asyncio.run(go()))
+    # 20 steps of 50 ms: the first two finish in ~1 s, the two queued ones after ~2 s.
+    assert times[1] < 1.6 and times[2] > 1.8, times
+    text = httpx.get(f"{replica}/metrics").text
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+                 "vllm:time_to_first_token_seconds_bucket", "vllm:inter_token_latency_seconds_bucket",
+                 "vllm:e2e_request_latency_seconds_bucket", "vllm:request_success_total",
+                 "vllm:prompt_tokens_total", "vllm:generation_tokens_total"):
+        assert name in text, f"{name} missing from /metrics"
+    assert parse_metrics(text, 0).requests_total == 4
