@@ -150,7 +150,7 @@ def decide(
     b = pool.behavior
     lo, hi = pool.min_replicas, pool.max_replicas
     current = state.desired if state.desired is not None else min(max(view.active, lo), hi)
-    window = [s for s in signals if now - b.metric_window_s <= s.t <= now]
+    window = [s for s in signals if now - b.metric_window_s < s.t <= now]
 
     if not window or window[-1].ready == 0:
         desired = min(max(current, lo), hi)
@@ -232,6 +232,9 @@ def _finish(
         changes = (older[-1], *changes)
     steps = tuple((t, s) for t, s in state.scale_up_steps if t >= now - pool.warm_pool.history_s)
     if state.desired is None or desired != state.desired:
+        if not changes and state.desired is not None:
+            # the count in force before the first change we saw, for the rate policies
+            changes = ((-math.inf, state.desired),)
         changes = (*changes, (now, desired))
         if desired > current:
             steps = (*steps, (now, desired - current))

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from autoscaler.signals import histogram_quantile, parse_metrics, pool_signals
+
+VLLM = """
+# HELP vllm:num_requests_running x
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="m"} 3.0
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="m"} 5.0
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{engine="0",le="0.1",model_name="m"} %d
+vllm:time_to_first_token_seconds_bucket{engine="0",le="1.0",model_name="m"} %d
+vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="m"} %d
+vllm:time_to_first_token_seconds_count{engine="0",model_name="m"} %d
+vllm:time_to_first_token_seconds_sum{engine="0",model_name="m"} 1.0
+# TYPE vllm:request_success_total counter
+vllm:request_success_total{engine="0",finished_reason="length",model_name="m"} %d
+vllm:request_success_total{engine="0",finished_reason="stop",model_name="m"} 1
+"""
+
+
+def vllm(b1: int, b2: int, total: int) -> str:
+    return VLLM % (b1, b2, total, total, total)
+
+
+def test_parse_vllm_names():
+    s = parse_metrics(vllm(10, 20, 20), t=1.0)
+    assert (s.running, s.waiting, s.kv_usage) == (3, 5, 0.25)
+    assert s.ttft_buckets == ((0.1, 10), (1.0, 20), (math.inf, 20))
+    assert s.requests_total == 21
+
+
+def test_parse_sglang_and_tgi_names():
+    sg = parse_metrics("# TYPE sglang:num_running_reqs gauge\nsglang:num_running_reqs 2\n"
+                       "# TYPE sglang:num_queue_reqs gauge\nsglang:num_queue_reqs 7\n"
+                       "# TYPE sglang:token_usage gauge\nsglang:token_usage 0.5\n", 0)
+    assert (sg.running, sg.waiting, sg.kv_usage) == (2, 7, 0.5)
+    tgi = parse_metrics("# TYPE tgi_queue_size gauge\ntgi_queue_size 4\n"
+                        "# TYPE tgi_batch_current_size gauge\ntgi_batch_current_size 9\n", 0)
+    assert (tgi.running, tgi.waiting) == (9, 4)
+
+
+def test_histogram_quantile_matches_prometheus_interpolation():
+    b = [(0.1, 10.0), (1.0, 20.0), (math.inf, 20.0)]
+    assert histogram_quantile(0.5, b) == pytest.approx(0.1)
+    assert histogram_quantile(0.95, b) == pytest.approx(0.1 + 0.9 * 9 / 10)
+    assert histogram_quantile(0.5, [(0.1, 0.0), (math.inf, 0.0)]) is None
+
+
+def test_pool_signals_use_window_deltas_and_survive_restarts():
+    a = [parse_metrics(vllm(100, 100, 100), 0.0), parse_metrics(vllm(100, 110, 110), 2.0)]
+    b = [parse_metrics(vllm(50, 50, 50), 0.0), parse_metrics(vllm(5, 5, 5), 2.0)]  # b restarted
+    s = pool_signals(2.0, [a, b], window_s=5)
+    assert s.ready == 2 and s.running == 6 and s.waiting == 10
+    # window: a finished 10 (all in 0.1–1.0), b restarted and counts 5 (all ≤ 0.1): p95 in upper bucket
+    # success_total also counts one "stop" request: a 110+1-101 = 10, restarted b counts all its 5+1
+    assert s.request_rate == pytest.approx((10 + 6) / 2.0)
+    assert 0.1 < s.ttft_p95_s <= 1.0
+    assert pool_signals(2.0, [], 5).ready == 0
