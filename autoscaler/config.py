@@ -130,7 +130,9 @@ class PoolConfig(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> PoolConfig:
         if self.max_replicas < self.min_replicas:
-            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})")
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})"
+            )
         if self.engine == "command" and not self.command:
             raise ValueError("engine 'command' needs `command` (argv, with {port} and {model})")
         return self

@@ -10,6 +10,7 @@ the replicas after a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import time
@@ -190,9 +191,8 @@ class Controller:
                 self.event("drain", pool.name, replica=a.replica, reason=a.reason)
             elif a.kind == "stop" and a.replica:
                 self._remove_later(by_id[a.replica], a.reason)
-            elif a.kind == "start" and a.role:
-                if not self._start(pool, a.role, a.reason, used):
-                    break
+            elif a.kind == "start" and a.role and not self._start(pool, a.role, a.reason, used):
+                break
 
     def _view(self, r: Replica) -> ReplicaView:
         h = self.health.get(r.id)
@@ -304,10 +304,8 @@ class Controller:
                 log.exception("tick failed")
                 self.event("tick_error")
             delay = self.cfg.tick_s - (time.monotonic() - started)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=max(delay, 0.05))
-            except TimeoutError:
-                pass
 
     async def shutdown_replicas(self) -> None:
         reps = self.runtime.list()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -152,10 +153,8 @@ class LocalStack:
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(OSError):
                 self._remember_pids()
-            except OSError:
-                pass
             self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(timeout)

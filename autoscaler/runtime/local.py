@@ -7,6 +7,7 @@ stopped, so a restarted autoscaler adopts what runs and cleans up what died.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -63,10 +64,7 @@ class LocalRuntime:
         rid = str(d["id"])
         pid = d.get("pid")
         child = self._children.get(rid)
-        if child is not None:
-            alive = child.poll() is None
-        else:
-            alive = isinstance(pid, int) and _pid_running(pid, rid)
+        alive = child.poll() is None if child is not None else isinstance(pid, int) and _pid_running(pid, rid)
         return Replica(
             id=rid,
             pool=str(d["pool"]),
@@ -112,10 +110,9 @@ class LocalRuntime:
                                 start_new_session=True)
         log.close()
         if spec.cpus:
-            try:
+            # cores not on this host: placement is advice, not a failure
+            with contextlib.suppress(OSError):
                 os.sched_setaffinity(proc.pid, set(spec.cpus))
-            except OSError:
-                pass  # cores not on this host: placement is advice, not a failure
         self._children[rid] = proc
         data["pid"] = proc.pid
         self._write(rid, data)
@@ -137,10 +134,8 @@ class LocalRuntime:
         pid = d.get("pid")
         child = self._children.pop(replica_id, None)
         if isinstance(pid, int) and (child is not None or _pid_running(pid, replica_id)):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             deadline = time.monotonic() + grace_s
             while time.monotonic() < deadline:
                 if child is not None and child.poll() is not None:
@@ -149,10 +144,8 @@ class LocalRuntime:
                     break
                 time.sleep(0.05)
             else:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             if child is not None:
                 child.wait(5)
         self._path(replica_id).unlink(missing_ok=True)

@@ -19,7 +19,11 @@ from dataclasses import dataclass, field
 from inference.engines.base import EngineNotReady, EngineStats, PromptTooLong
 from inference.engines.profiles import SimProfile
 
-_WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "gpus", "hum", "in", "the", "rack", "and", "requests", "queue", "politely", "at", "the", "gateway", "waiting", "for", "a", "warm", "replica", "to", "answer"]
+_TEXT = (
+    "the quick brown fox jumps over a lazy dog while gpus hum in the rack and "
+    "requests queue politely at the gateway waiting for a warm replica to answer"
+)
+_WORDS = tuple(_TEXT.split(" "))
 
 
 @dataclass
