@@ -80,10 +80,9 @@ def _per_signal(pool: PoolConfig, s: PoolSignals) -> list[tuple[str, float, floa
             total = s.ttft_p95_s * ready
         per = total / ready
         ratio = per / target
-        if abs(ratio - 1.0) <= pool.behavior.tolerance:
-            proposal = ready
-        else:
-            proposal = math.ceil(round(ready * ratio, 9))
+        # round(): 3 * (4/3) must give 4, not 5
+        in_band = abs(ratio - 1.0) <= pool.behavior.tolerance
+        proposal = ready if in_band else math.ceil(round(ready * ratio, 9))
         out.append((name, per, target, proposal))
     return out
 

@@ -1,10 +1,89 @@
-"""Choose the placer for the configured GPU source."""
+"""The placer the controller asks for GPUs: topology + allocator + cordons.
+
+GPUs are named by id (UUID with NVML, GPU<i> from a topology file, vslot<i>
+on a CPU-only host) so the ids in replica labels mean the same after a restart.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Iterable
+from typing import Any
+
 from autoscaler.config import GpuConfig
-from autoscaler.gpus.slots import VirtualSlots
+from autoscaler.gpus.allocator import Request, allocate
+from autoscaler.gpus.slots import Placement
+from autoscaler.gpus.topology import Link, LinkKind, Topology, load_topology_file, uniform_topology
+
+log = logging.getLogger("gpufleet.gpus")
 
 
-def make_placer(cfg: GpuConfig) -> VirtualSlots:
-    return VirtualSlots(cfg.virtual_slots)
+class TopologyPlacer:
+    def __init__(self, topo: Topology, nvml: Any | None = None, host_cpus: set[int] | None = None) -> None:
+        self.topo = topo
+        self.nvml = nvml
+        self.host_cpus = host_cpus if host_cpus is not None else set(os.sched_getaffinity(0))
+        self.cordoned: dict[str, str] = {topo.gpus[i].id: why for i, why in topo.cordon_reasons.items()}
+
+    @property
+    def virtual(self) -> bool:
+        return self.topo.source.endswith("virtual slots")
+
+    def cordon(self, gpu_id: str, reason: str) -> None:
+        if gpu_id not in self.cordoned:
+            log.warning("cordoning %s: %s", gpu_id, reason)
+        self.cordoned[gpu_id] = reason
+
+    def place(self, k: int, used: Iterable[str], *, model: str | None = None,
+              min_memory_mb: int = 0, min_link: LinkKind | None = None) -> Placement | None:
+        if k == 0:
+            return Placement(())
+        blocked = set(used) | set(self.cordoned)
+        idx = {g.index for g in self.topo.gpus if g.id in blocked}
+        a = allocate(self.topo, Request(k=k, model=model, min_memory_mb=min_memory_mb, min_link=min_link), idx)
+        if a is None:
+            return None
+        ids = tuple(self.topo.gpus[i].id for i in a.gpus)
+        cpus: set[int] = set()
+        for i in a.gpus:
+            cpus.update(self.topo.gpus[i].cpus)
+        local = tuple(sorted(cpus & self.host_cpus)) if not self.virtual else ()
+        note = f"weakest link {a.weakest}" if a.weakest else "single GPU"
+        return Placement(ids, local, note)
+
+    def health_check(self) -> dict[str, str]:
+        """Cordon GPUs whose NVML calls now fail; returns the new ones."""
+        if self.nvml is None:
+            return {}
+        from autoscaler.gpus.nvml import failing_gpus
+
+        new = {}
+        for i, why in failing_gpus(self.nvml, self.topo).items():
+            gid = self.topo.gpus[i].id
+            if gid not in self.cordoned:
+                new[gid] = why
+                self.cordon(gid, why)
+        return new
+
+
+def make_placer(cfg: GpuConfig) -> TopologyPlacer:
+    if cfg.source == "topology":
+        assert cfg.topology_file is not None
+        return TopologyPlacer(load_topology_file(cfg.topology_file))
+    if cfg.source in ("nvml", "auto"):
+        try:
+            from autoscaler.gpus.nvml import load_pynvml, read_topology
+
+            nvml = load_pynvml()
+            topo = read_topology(nvml)
+            if topo.n:
+                log.info("NVML: %d GPUs", topo.n)
+                return TopologyPlacer(topo, nvml)
+            if cfg.source == "nvml":
+                raise RuntimeError("gpus.source is nvml but NVML sees no GPU")
+        except Exception as e:
+            if cfg.source == "nvml":
+                raise RuntimeError(f"gpus.source is nvml but NVML is not usable: {e}") from e
+            log.info("no NVML (%s): CPU-only host, %d virtual slots", e, cfg.virtual_slots)
+    return TopologyPlacer(uniform_topology(cfg.virtual_slots, Link(LinkKind.PHB)))
