@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from autoscaler.controller import Controller
+from autoscaler.gpus.topology import topology_to_json
 from autoscaler.runtime.base import ROLES
 
 
@@ -86,6 +88,15 @@ def create_admin_app(controller: Controller, token: str | None = None) -> FastAP
     @app.get("/status")
     async def status() -> dict[str, Any]:
         return controller.status()
+
+    @app.get("/gpus")
+    async def gpus() -> dict[str, Any]:
+        """Topology, holders and cordons: what `gpufleet gpus` shows of the live fleet."""
+        topo = controller.placer.topo
+        reasons = {g.index: controller.placer.cordoned[g.id] for g in topo.gpus if g.id in controller.placer.cordoned}
+        topo = replace(topo, cordoned=frozenset(reasons), cordon_reasons=reasons)
+        holders = {d["id"]: d["held_by"] for d in controller.gpu_status()["devices"] if d["held_by"]}
+        return {"topology": topology_to_json(topo), "holders": holders}
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -30,6 +30,63 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gpus(args: argparse.Namespace) -> int:
+    import httpx
+
+    from autoscaler.gpus.allocator import Request, allocate
+    from autoscaler.gpus.topology import (
+        LinkKind,
+        TopologyParseError,
+        format_ranges,
+        load_topology_file,
+        render_matrix,
+        topology_from_json,
+    )
+
+    holders: dict[str, str] = {}
+    if args.topology:
+        try:
+            topo = load_topology_file(args.topology)
+        except TopologyParseError as e:
+            print(f"gpufleet gpus: {e}", file=sys.stderr)
+            return 2
+    else:
+        url = args.admin.rstrip("/") + "/gpus"
+        headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+        try:
+            data = httpx.get(url, headers=headers, timeout=5).raise_for_status().json()
+        except httpx.HTTPError as e:
+            print(f"gpufleet gpus: no live fleet at {args.admin} ({e}); start one with `gpufleet up --local`, "
+                  "or pass --topology FILE (the text of `nvidia-smi topo -m`)", file=sys.stderr)
+            return 1
+        topo = topology_from_json(data["topology"])
+        holders = data["holders"]
+    for gid in args.used or []:
+        holders.setdefault(gid, "(--used)")
+    print(f"source: {topo.source}")
+    print(render_matrix(topo, holders))
+    if args.place is None:
+        return 0
+    used = {g.index for g in topo.gpus if g.id in holders}
+    req = Request(k=args.place, model=args.model, min_memory_mb=args.min_memory,
+                  min_link=LinkKind[args.min_link] if args.min_link else None)
+    a = allocate(topo, req, used)
+    print()
+    if a is None:
+        free = topo.n - len(used | set(topo.cordoned))
+        print(f"a {args.place}-GPU replica does not fit: no set of {args.place} free GPUs meets the constraints "
+              f"({free} free)")
+        return 3
+    ids = ", ".join(topo.gpus[i].id for i in a.gpus)
+    cores: set[int] = set()
+    for i in a.gpus:
+        cores.update(topo.gpus[i].cpus)
+    print(f"a {args.place}-GPU replica would get: {ids}")
+    print(f"  weakest link: {a.weakest or 'n/a (one GPU)'}   NUMA: {format_ranges(a.numa_nodes) or '-'}   "
+          f"cores: {format_ranges(tuple(sorted(cores))) or '-'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gpufleet", description="Elastic LLM serving on one GPU host.")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -45,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a fleet.yaml and exit")
     val.add_argument("config", type=Path, nargs="?", default=None)
     val.set_defaults(func=_validate)
+    gp = sub.add_parser("gpus", help="GPU topology, NUMA affinity and holders; --place K for a what-if")
+    gp.add_argument("--topology", type=Path, help="a file with the output of `nvidia-smi topo -m`")
+    gp.add_argument("--admin", default="http://127.0.0.1:8181", help="the live autoscaler's admin API")
+    gp.add_argument("--token", default=None, help="admin token, if the fleet has one")
+    gp.add_argument("--place", type=int, metavar="K", help="which GPUs a K-GPU replica would get")
+    gp.add_argument("--model", default=None, help="GPU model the replica needs (substring, e.g. H100)")
+    gp.add_argument("--min-memory", type=int, default=0, metavar="MIB")
+    gp.add_argument("--min-link", choices=["NVLINK", "PIX", "PXB", "PHB", "NODE", "SYS"], default=None)
+    gp.add_argument("--used", nargs="*", metavar="GPU_ID", help="treat these GPUs as held (what-if)")
+    gp.set_defaults(func=_gpus)
     return ap
 
 

@@ -111,6 +111,9 @@ class PoolConfig(_Strict):
     command: tuple[str, ...] | None = None  # engine=command: argv with {port} and {model}
     image: str | None = None  # docker runtime: a replica image other than ours (e.g. vLLM)
     gpus_per_replica: int = Field(default=1, ge=0, le=8)
+    gpu_model: str | None = None  # substring of the GPU name, e.g. "H100"
+    gpu_min_memory_mb: int = Field(default=0, ge=0)
+    gpu_min_link: Literal["NVLINK", "PIX", "PXB", "PHB", "NODE", "SYS"] | None = None  # for multi-GPU replicas
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=4, ge=1)
     warm_pool: WarmPool = WarmPool()

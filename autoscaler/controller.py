@@ -25,6 +25,7 @@ from autoscaler.config import FleetConfig, PoolConfig
 from autoscaler.gateway.nginx import Gateway
 from autoscaler.gateway.render import PoolRoute
 from autoscaler.gpus.slots import Placement, held
+from autoscaler.gpus.topology import LinkKind, Topology
 from autoscaler.planner import Action, ReplicaView, drain_finished, plan
 from autoscaler.policy import Decision, PolicyState, PoolView, decide
 from autoscaler.prom_sd import TargetsWriter
@@ -34,10 +35,17 @@ from autoscaler.signals import PoolSignals, ReplicaSample, parse_metrics, pool_s
 log = logging.getLogger("gpufleet.controller")
 
 HISTORY_S = 120.0  # metric history kept per replica and pool
+GPU_HEALTH_EVERY = 10  # ticks between NVML health checks
 
 
 class Placer(Protocol):
-    def place(self, k: int, used: set[str], **constraints: Any) -> Placement | None: ...
+    topo: Topology
+    cordoned: dict[str, str]
+
+    def place(self, k: int, used: set[str], *, model: str | None = None, min_memory_mb: int = 0,
+              min_link: LinkKind | None = None) -> Placement | None: ...
+
+    def health_check(self) -> dict[str, str]: ...
 
 
 def replica_argv(pool: PoolConfig) -> tuple[str, ...]:
@@ -160,7 +168,10 @@ class Controller:
         asyncio.get_running_loop().create_task(go())
 
     def _start(self, pool: PoolConfig, target: str, reason: str, used: set[str]) -> bool:
-        placement = self.placer.place(pool.gpus_per_replica, used)
+        placement = self.placer.place(
+            pool.gpus_per_replica, used, model=pool.gpu_model, min_memory_mb=pool.gpu_min_memory_mb,
+            min_link=LinkKind[pool.gpu_min_link] if pool.gpu_min_link else None,
+        )
         st = self.pools[pool.name]
         if placement is None:
             msg = f"no free GPUs for a {pool.gpus_per_replica}-GPU replica"
@@ -174,7 +185,8 @@ class Controller:
                            gpus=placement.gpus, cpus=placement.cpus, image=pool.image)
         r = self.runtime.create(spec)
         used.update(placement.gpus)
-        self.event("start", pool.name, replica=r.id, target=target, gpus=list(r.gpus), reason=reason)
+        self.event("start", pool.name, replica=r.id, target=target, gpus=list(r.gpus), reason=reason,
+                   placement=placement.note)
         return True
 
     def _apply(self, pool: PoolConfig, actions: list[Action], by_id: dict[str, Replica],
@@ -213,6 +225,9 @@ class Controller:
     async def tick(self) -> None:
         t0 = time.monotonic()
         now = self.clock()
+        if self.ticks % GPU_HEALTH_EVERY == 0:
+            for gid, why in (await asyncio.to_thread(self.placer.health_check)).items():
+                self.event("cordon", gpu=gid, reason=why)
         reps = await self.observe()
         used = set(held(reps)) | {g for r in self.replicas if r.id in self._busy for g in r.gpus}
 
@@ -313,6 +328,18 @@ class Controller:
 
     # ---- status --------------------------------------------------------------------------
 
+    def gpu_status(self) -> dict[str, Any]:
+        topo = self.placer.topo
+        holders = {g: r.id for r in self.replicas for g in r.gpus}
+        return {
+            "source": topo.source,
+            "devices": [
+                {"index": g.index, "id": g.id, "name": g.name, "memory_mb": g.memory_mb,
+                 "numa": list(g.numa), "held_by": holders.get(g.id), "cordoned": self.placer.cordoned.get(g.id)}
+                for g in topo.gpus
+            ],
+        }
+
     def status(self) -> dict[str, Any]:
         pools: dict[str, Any] = {}
         for p in self.cfg.pools:
@@ -344,6 +371,7 @@ class Controller:
             }
         g = self.gateway.stats
         return {
+            "gpus": self.gpu_status(),
             "time": self.clock(),
             "runtime": self.runtime.name,
             "ticks": self.ticks,

@@ -196,7 +196,9 @@ def render_matrix(topo: Topology, holders: dict[str, str] | None = None) -> str:
         if g.index in topo.cordoned:
             holder = f"CORDONED ({topo.cordon_reasons.get(g.index, 'error')})"
         out.append(f"GPU{g.index}".ljust(8) + "".join(c.ljust(w) for c in cells)
-                   + _ranges(g.cpus).ljust(20) + (_ranges(g.numa) or "-").ljust(8) + holder)
+                   + format_ranges(g.cpus).ljust(20) + (format_ranges(g.numa) or "-").ljust(8) + holder)
+    if all(g.id == f"GPU{g.index}" and not (g.name or g.memory_mb) for g in topo.gpus):
+        return "\n".join(out)  # a topology file: nothing more to say per GPU
     out.append("")
     for g in topo.gpus:
         extra = ", ".join(x for x in (g.name, f"{g.memory_mb} MiB" if g.memory_mb else "", g.pci_bus_id) if x)
@@ -204,7 +206,7 @@ def render_matrix(topo: Topology, holders: dict[str, str] | None = None) -> str:
     return "\n".join(out)
 
 
-def _ranges(xs: tuple[int, ...]) -> str:
+def format_ranges(xs: tuple[int, ...]) -> str:
     if not xs:
         return ""
     parts, start, prev = [], xs[0], xs[0]
@@ -216,3 +218,33 @@ def _ranges(xs: tuple[int, ...]) -> str:
         if x is not None:
             start = prev = x
     return ",".join(parts)
+
+
+def topology_to_json(topo: Topology) -> dict[str, object]:
+    return {
+        "source": topo.source,
+        "gpus": [{"index": g.index, "id": g.id, "name": g.name, "memory_mb": g.memory_mb,
+                  "pci_bus_id": g.pci_bus_id, "cpus": list(g.cpus), "numa": list(g.numa)} for g in topo.gpus],
+        "links": [[i, j, str(link)] for (i, j), link in sorted(topo.links.items()) if i < j],
+        "cordoned": {str(i): why for i, why in topo.cordon_reasons.items()},
+    }
+
+
+def parse_link(text: str) -> Link:
+    m = _CELL.match(text)
+    if not m or text == "X":
+        if text == "BOARD":
+            return Link(LinkKind.BOARD)
+        raise ValueError(f"not a link: {text!r}")
+    return Link(LinkKind.NVLINK, int(m.group(2))) if m.group(2) else Link(LinkKind[_OLD_NAMES.get(text, text)])
+
+
+def topology_from_json(d: dict) -> Topology:
+    gpus = tuple(Gpu(index=g["index"], id=g["id"], name=g.get("name", ""), memory_mb=g.get("memory_mb", 0),
+                     pci_bus_id=g.get("pci_bus_id", ""), cpus=tuple(g.get("cpus", ())),
+                     numa=tuple(g.get("numa", ()))) for g in d["gpus"])
+    links: dict[tuple[int, int], Link] = {}
+    for i, j, text in d["links"]:
+        links[(i, j)] = links[(j, i)] = parse_link(text)
+    reasons = {int(i): why for i, why in d.get("cordoned", {}).items()}
+    return Topology(gpus, links, d.get("source", ""), frozenset(reasons), reasons)

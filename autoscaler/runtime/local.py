@@ -40,6 +40,13 @@ def _pid_running(pid: int, replica_id: str) -> bool:
         return False
 
 
+def cuda_visible_devices(gpus: tuple[str, ...]) -> str | None:
+    """UUIDs pass through; GPU<i> from a topology file becomes <i>; virtual slots set nothing."""
+    if not gpus or any(g.startswith("vslot") for g in gpus):
+        return None
+    return ",".join(g[3:] if g.startswith("GPU") and g[3:].isdigit() else g for g in gpus)
+
+
 class LocalRuntime:
     name = "local"
 
@@ -103,8 +110,9 @@ class LocalRuntime:
         self._write(rid, data)  # state first: a crash from here on leaves a record to clean up
         argv = [a.format(port=port, host=self.host, replica_id=rid) for a in spec.argv]
         env = dict(os.environ, GPUFLEET_REPLICA_ID=rid)
-        if spec.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpus)
+        visible = cuda_visible_devices(spec.gpus)
+        if visible is not None:
+            env["CUDA_VISIBLE_DEVICES"] = visible
         log = open(self.state_dir / f"{rid}.log", "ab")  # noqa: SIM115 (lives with the process)
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
