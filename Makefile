@@ -23,6 +23,7 @@ up-local:
 
 bench:
 	$(PY) -m benchmarks.gateway
+	$(PY) -m benchmarks.allocator_churn
 
 clean:
 	rm -rf run reports .pytest_cache

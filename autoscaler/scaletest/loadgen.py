@@ -37,10 +37,13 @@ class Result:
     gaps: list[float] = field(default_factory=list)
     upstream: str | None = None
     bytes: int = 0
+    exc: Exception | None = field(default=None, repr=False)
+    retries: int = 0  # connection closed before any response byte (nginx reload), retried like openai's client
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d.pop("gaps")
+        d.pop("exc")
         d["max_gap"] = max(self.gaps) if self.gaps else None
         return d
 
@@ -50,7 +53,21 @@ def _prompt(n_tokens: int, i: int) -> str:
     return (f"request {i}: " + "lorem ipsum dolor sit amet " * (n_tokens // 6 + 1))[: max(4, n_tokens * 4)]
 
 
-async def one_request(client: httpx.AsyncClient, url: str, model: str, a: Arrival, i: int) -> Result:
+# Errors that mean the request never reached a server: safe to send again, as the openai client does.
+_NOT_SENT = (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError)
+
+
+async def one_request(client: httpx.AsyncClient, url: str, model: str, a: Arrival, i: int,
+                      retries: int = 2) -> Result:
+    for attempt in range(retries + 1):
+        res = await _attempt(client, url, model, a, i)
+        res.retries = attempt
+        if res.ok or res.status != 0 or res.bytes or not isinstance(res.exc, _NOT_SENT):
+            return res
+    return res
+
+
+async def _attempt(client: httpx.AsyncClient, url: str, model: str, a: Arrival, i: int) -> Result:
     sent = time.time()
     t0 = time.monotonic()
     res = Result(at=a.at, sent=sent, stream=a.stream)
@@ -99,6 +116,7 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, a: Arriva
             if not res.ok:
                 res.error = f"stream cut: done={done} tokens={res.tokens}/{a.max_tokens}"
     except (httpx.HTTPError, json.JSONDecodeError, KeyError) as e:
+        res.exc = e
         res.error = f"{type(e).__name__}: {e}"
         res.e2e = time.monotonic() - t0
     return res

@@ -64,7 +64,8 @@ def test_topology_json_round_trip():
 
 
 def test_cli_gpus_place_what_if():
-    run = [sys.executable, "-m", "autoscaler.cli", "gpus", "--topology", str(FIX / "4xl40s-pcie-node-sys-2socket-nics.txt")]
+    topo = FIX / "4xl40s-pcie-node-sys-2socket-nics.txt"
+    run = [sys.executable, "-m", "autoscaler.cli", "gpus", "--topology", str(topo)]
     r = subprocess.run([*run, "--place", "2", "--used", "GPU0"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "would get: GPU2, GPU3" in r.stdout and "weakest link: NODE" in r.stdout

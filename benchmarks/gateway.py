@@ -1,0 +1,138 @@
+"""Gateway benchmarks on this host: nginx reload time, time from reload to the
+first response from a newly routed replica, and nginx's proxy overhead.
+
+    python -m benchmarks.gateway [--requests 2000] [--concurrency 16] [--reloads 30]
+
+Real nginx (Debian, njs routing) and two real replica processes on the sim
+engine with a fast profile (2 ms steps), so the replica itself adds little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from autoscaler.config import GatewayConfig
+from autoscaler.gateway.nginx import Gateway, LocalNginx
+from autoscaler.gateway.render import PoolRoute
+from tests.helpers import free_port, wait_for
+
+MODEL = "bench"
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def start_replica() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "inference", "--port", str(port), "--model", MODEL,
+                             "--load-time", "0", "--max-num-seqs", "256", "--step-base", "0.002",
+                             "--step-per-seq", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: httpx.get(f"{url}/ready").status_code == 200, 20, "replica ready")
+    return proc, f"127.0.0.1:{port}"
+
+
+async def load(url: str, n: int, conc: int) -> list[float]:
+    lat: list[float] = []
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=conc), timeout=30) as c:
+        sem = asyncio.Semaphore(conc)
+
+        async def one() -> None:
+            async with sem:
+                t = time.perf_counter()
+                r = await c.post(f"{url}/v1/chat/completions", json=body)
+                r.raise_for_status()
+                lat.append(time.perf_counter() - t)
+
+        await asyncio.gather(*(one() for _ in range(n // 10)))  # warm up connections
+        lat.clear()
+        await asyncio.gather(*(one() for _ in range(n)))
+    return lat
+
+
+async def reloads(gw: Gateway, url: str, a: str, b: str, n: int) -> tuple[list[float], list[float]]:
+    """Alternate the upstream between {a} and {a, b}; time the reload and reload → first response from b."""
+    flush, effective = [], []
+    async with httpx.AsyncClient(timeout=10) as c:
+        body = {"model": MODEL, "prompt": "x", "max_tokens": 1}
+        for _ in range(n):
+            gw.update([PoolRoute("bench", MODEL, (a,))])
+            await asyncio.sleep(0.6)
+            t0 = time.perf_counter()
+            gw.update([PoolRoute("bench", MODEL, tuple(sorted((a, b))))])
+            flush.append(gw.stats.last_reload_s or 0)
+            while True:
+                try:
+                    r = await c.post(f"{url}/v1/completions", json=body)
+                except (httpx.ReadError, httpx.RemoteProtocolError):
+                    continue  # an idle keep-alive connection the old worker closed: retry, like clients do
+                if r.headers.get("x-gpufleet-upstream") == b:
+                    effective.append(time.perf_counter() - t0)
+                    break
+                if time.perf_counter() - t0 > 5:
+                    raise RuntimeError("new upstream never served")
+            await asyncio.sleep(0.6)
+    return flush, effective
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--reloads", type=int, default=30)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    (r1, a), (r2, b) = start_replica(), start_replica()
+    run = Path(tempfile.mkdtemp(prefix="gpufleet-bench-"))
+    cfg = GatewayConfig(port=free_port(), reload_min_interval_s=0)
+    ng = LocalNginx(run, cfg)
+    ng.render_main()
+    gw = Gateway(ng.conf_dir, cfg, ng.validate, ng.reload)
+    gw.write_initial()
+    ng.start()
+    url = f"http://127.0.0.1:{cfg.port}"
+    try:
+        async def go() -> dict[str, object]:
+            gw.update([PoolRoute("bench", MODEL, (a,))])
+            await asyncio.sleep(0.5)
+            direct = await load(f"http://{a}", args.requests, args.concurrency)
+            proxied = await load(url, args.requests, args.concurrency)
+            flush, eff = await reloads(gw, url, a, b, args.reloads)
+            return {"direct": direct, "proxied": proxied, "flush": flush, "effective": eff}
+
+        res = asyncio.run(go())
+    finally:
+        ng.stop()
+        r1.terminate()
+        r2.terminate()
+    d, p = res["direct"], res["proxied"]
+    out = {
+        "concurrency": args.concurrency, "requests": args.requests,
+        "direct_ms": {"p50": 1e3 * pct(d, 50), "p99": 1e3 * pct(d, 99)},
+        "nginx_ms": {"p50": 1e3 * pct(p, 50), "p99": 1e3 * pct(p, 99)},
+        "overhead_ms": {"p50": 1e3 * (pct(p, 50) - pct(d, 50)), "p99": 1e3 * (pct(p, 99) - pct(d, 99))},
+        "reload_ms": {"p50": 1e3 * statistics.median(res["flush"]), "max": 1e3 * max(res["flush"]),
+                      "n": len(res["flush"])},
+        "reload_to_first_response_ms": {"p50": 1e3 * statistics.median(res["effective"]),
+                                        "max": 1e3 * max(res["effective"])},
+    }
+    print(json.dumps(out, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
