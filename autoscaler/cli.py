@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 from autoscaler.config import ConfigError, load_config
@@ -13,9 +15,17 @@ from autoscaler.config import ConfigError, load_config
 
 def _up(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
+    token = os.environ.get("GPUFLEET_ADMIN_TOKEN")
+    if token:
+        cfg = cfg.model_copy(update={"admin": cfg.admin.model_copy(update={"token": token})})
+    if args.docker:
+        from autoscaler.docker_stack import run_docker
+
+        asyncio.run(run_docker(cfg))
+        return 0
     if not args.local:
-        print("gpufleet up: only --local is available from the CLI; for Docker use "
-              "`docker compose up -d` (see README)", file=sys.stderr)
+        print("gpufleet up: say --local (host processes) or --docker (inside the compose stack; "
+              "start that with `docker compose up -d`)", file=sys.stderr)
         return 2
     from autoscaler.local_stack import run_local
 
@@ -87,6 +97,27 @@ def _gpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scale_test(args: argparse.Namespace) -> int:
+    from autoscaler.scaletest.report import format_summary
+    from autoscaler.scaletest.runner import NoStack, Run, execute, write_report
+    from autoscaler.scaletest.scenario import load_scenario
+
+    sc, base = load_scenario(args.scenario)
+    if args.duration is not None:
+        sc = sc.model_copy(update={"duration_s": args.duration})
+    run = Run(sc, args.url.rstrip("/"), args.admin.rstrip("/"), args.token)
+    try:
+        summary = asyncio.run(execute(run, base))
+    except NoStack as e:
+        print(f"gpufleet scale-test: {e}", file=sys.stderr)
+        return 2
+    out = args.out or Path("reports") / f"{sc.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    write_report(run, summary, out)
+    print(format_summary(summary))
+    print(f"report: {out}/report.json  {out}/timeline.png")
+    return 0 if summary["slo_met"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gpufleet", description="Elastic LLM serving on one GPU host.")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -94,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start the stack in the foreground")
     up.add_argument("--local", action="store_true", help="replicas, nginx and Prometheus as host processes")
-    up.add_argument("--config", type=Path, default=None, help="fleet.yaml (default: one CPU sim pool)")
+    up.add_argument("--docker", action="store_true", help="run as the compose stack's autoscaler sidecar")
+    up.add_argument("--config", type=Path, default=os.environ.get("GPUFLEET_CONFIG") or None,
+                    help="fleet.yaml (default: $GPUFLEET_CONFIG, else one CPU sim pool)")
     up.add_argument("--run-dir", type=Path, default=Path("run"),
                     help="state, generated configs and logs (default ./run)")
     up.set_defaults(func=_up)
@@ -112,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--min-link", choices=["NVLINK", "PIX", "PXB", "PHB", "NODE", "SYS"], default=None)
     gp.add_argument("--used", nargs="*", metavar="GPU_ID", help="treat these GPUs as held (what-if)")
     gp.set_defaults(func=_gpus)
+    st = sub.add_parser("scale-test", help="drive real traffic through a running stack and report")
+    st.add_argument("scenario", nargs="?", default="default", help="a scenario YAML file or a shipped name")
+    st.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
+    st.add_argument("--admin", default="http://127.0.0.1:8181", help="the autoscaler's admin API")
+    st.add_argument("--token", default=None, help="admin token, if the fleet has one")
+    st.add_argument("--out", type=Path, default=None, help="report folder (default reports/<scenario>-<time>)")
+    st.add_argument("--duration", type=float, default=None, help="override the scenario's duration (s)")
+    st.set_defaults(func=_scale_test)
     return ap
 
 

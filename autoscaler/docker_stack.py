@@ -1,0 +1,95 @@
+"""`gpufleet up --docker`: the autoscaler as the compose stack's sidecar.
+
+It finds its compose project, network and image by inspecting its own
+container, writes nginx's generated files and Prometheus' targets into the
+volumes it shares with those services, and runs the same controller as the
+local stack. SIGTERM (`docker compose down`/`stop`) stops the fleet it runs;
+SIGKILL leaves it serving, and the next autoscaler adopts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from autoscaler.admin import create_admin_app
+from autoscaler.config import FleetConfig
+from autoscaler.controller import Controller
+from autoscaler.gateway.nginx import Gateway
+from autoscaler.gpus.placement import make_placer
+from autoscaler.prom_sd import TargetsWriter
+from autoscaler.runtime.docker import DockerNginx, DockerRuntime
+
+log = logging.getLogger("gpufleet.docker")
+
+NGINX_DIR = Path(os.environ.get("GPUFLEET_NGINX_DIR", "/run/gpufleet/nginx"))
+TARGETS = Path(os.environ.get("GPUFLEET_TARGETS", "/run/gpufleet/prometheus/targets.json"))
+
+
+class _AdminServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def discover(client: Any) -> tuple[str, str, str]:
+    """(compose project, network, image) of this autoscaler, env overriding what inspection finds."""
+    project = os.environ.get("GPUFLEET_PROJECT")
+    network = os.environ.get("GPUFLEET_NETWORK")
+    image = os.environ.get("GPUFLEET_REPLICA_IMAGE")
+    try:
+        me = client.containers.get(socket.gethostname())
+        project = project or me.labels.get("com.docker.compose.project")
+        network = network or next(iter(me.attrs["NetworkSettings"]["Networks"]))
+        image = image or (me.image.tags[0] if me.image.tags else me.image.id)
+    except Exception as e:  # not in a container, or no permission to inspect
+        log.warning("could not inspect own container (%s); using environment", e)
+    if not (project and network and image):
+        raise RuntimeError("set GPUFLEET_PROJECT, GPUFLEET_NETWORK and GPUFLEET_REPLICA_IMAGE, or run the "
+                           "autoscaler as a compose service")
+    return project, network, image
+
+
+def nvidia_runtime(client: Any) -> bool:
+    try:
+        return "nvidia" in (client.info().get("Runtimes") or {})
+    except Exception:
+        return False
+
+
+async def run_docker(cfg: FleetConfig) -> None:
+    import docker
+
+    client = docker.from_env()
+    project, network, image = discover(client)
+    log.info("compose project %s, network %s, replica image %s", project, network, image)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    NGINX_DIR.mkdir(parents=True, exist_ok=True)
+    nginx = DockerNginx(client, project)
+    gateway = Gateway(NGINX_DIR, cfg.gateway, nginx.validate, nginx.reload)
+    gateway.write_initial()
+    runtime = DockerRuntime(client, project, network, image, gpus_visible=nvidia_runtime(client))
+    controller = Controller(cfg, runtime, gateway, make_placer(cfg.gpus), TargetsWriter(TARGETS))
+    admin = _AdminServer(uvicorn.Config(create_admin_app(controller, cfg.admin.token), host=cfg.admin.host,
+                                        port=cfg.admin.port, log_level="warning", access_log=False))
+    admin_task = asyncio.create_task(admin.serve())
+    try:
+        await controller.run(stop)
+    finally:
+        log.info("stopping the fleet")
+        await controller.shutdown_replicas()
+        await controller.close()
+        admin.should_exit = True
+        await admin_task

@@ -1,0 +1,183 @@
+"""Replicas as Docker containers, through the Docker SDK.
+
+What never changes about a replica (pool, model, GPU ids, config hash, creation
+time) is in its labels. Docker labels are immutable, so the one thing that
+changes — the role — is kept in the container's *name*, which Docker lets us
+rename atomically: `<project>-<pool>-<id>--<role>` (role `starting.active`,
+`starting.warm`, `warm`, `active`, `draining`). Both survive an autoscaler
+restart; `docker ps` shows them.
+
+Replicas carry the compose project label so `docker compose ps` lists them,
+but no service label compose declares, so `docker compose up -d` never scales
+them away. Stopping the autoscaler (SIGTERM, as `docker compose down` does)
+stops its fleet; killing it leaves the fleet serving for the next one to adopt.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from autoscaler.runtime.base import Replica, ReplicaSpec, Role
+
+L = "io.gpufleet."
+REPLICA_PORT = 8000
+
+
+def container_name(project: str, pool: str, rid: str, role: Role, target: Role) -> str:
+    r = f"starting.{target}" if role == "starting" else role
+    return f"{project}-{rid}--{r}"
+
+
+def parse_role(name: str) -> tuple[Role, Role] | None:
+    _, sep, r = name.lstrip("/").rpartition("--")
+    if not sep:
+        return None
+    if r.startswith("starting."):
+        target = r.split(".", 1)[1]
+        return ("starting", target) if target in ("active", "warm") else None  # type: ignore[return-value]
+    if r in ("warm", "active", "draining"):
+        return r, r  # type: ignore[return-value]
+    return None
+
+
+class DockerRuntime:
+    name = "docker"
+
+    def __init__(self, client: Any, project: str, network: str, image: str, gpus_visible: bool = False,
+                 env: dict[str, str] | None = None) -> None:
+        self.client = client
+        self.project = project
+        self.network = network
+        self.image = image
+        self.gpus_visible = gpus_visible  # NVIDIA runtime present: pin by DeviceRequest
+        self.env = env or {}
+
+    def _mine(self) -> list[Any]:
+        return self.client.containers.list(all=True, filters={"label": [f"{L}owner={self.project}"]})
+
+    def _to_replica(self, c: Any) -> Replica | None:
+        labels = c.labels
+        parsed = parse_role(c.name)
+        if parsed is None:
+            return None
+        role, target = parsed
+        nets = c.attrs.get("NetworkSettings", {}).get("Networks", {})
+        ip = (nets.get(self.network) or {}).get("IPAddress") or ""
+        gpus = tuple(g for g in labels.get(f"{L}gpus", "").split(",") if g)
+        return Replica(
+            id=labels[f"{L}replica"],
+            pool=labels[f"{L}pool"],
+            model=labels.get(f"{L}model", ""),
+            role=role,
+            target_role=target,
+            url=f"http://{ip}:{REPLICA_PORT}",
+            upstream=f"{ip}:{REPLICA_PORT}",
+            gpus=gpus,
+            config_hash=labels.get(f"{L}config-hash", ""),
+            created_at=float(labels.get(f"{L}created-at", "0")),
+            alive=c.status == "running" and bool(ip),
+            role_since=float(labels.get(f"{L}created-at", "0")),
+            labels={"container": c.id[:12], "name": c.name},
+        )
+
+    def list(self) -> list[Replica]:
+        out = []
+        for c in self._mine():
+            r = self._to_replica(c)
+            if r is not None:
+                out.append(r)
+        return out
+
+    def _find(self, rid: str) -> Any:
+        found = self.client.containers.list(all=True, filters={"label": [f"{L}replica={rid}"]})
+        if not found:
+            raise KeyError(rid)
+        return found[0]
+
+    def create(self, spec: ReplicaSpec) -> Replica:
+        from docker.types import DeviceRequest
+
+        rid = f"r-{spec.pool}-{uuid.uuid4().hex[:8]}"
+        labels = {
+            f"{L}owner": self.project,
+            f"{L}replica": rid,
+            f"{L}pool": spec.pool,
+            f"{L}model": spec.model,
+            f"{L}gpus": ",".join(spec.gpus),
+            f"{L}config-hash": spec.config_hash,
+            f"{L}created-at": f"{time.time():.3f}",
+            # listed by `docker compose ps`, owned by no declared service
+            "com.docker.compose.project": self.project,
+            "com.docker.compose.service": f"replica-{spec.pool}",
+            "com.docker.compose.oneoff": "False",
+        }
+        argv = [a.format(port=REPLICA_PORT, host="0.0.0.0", replica_id=rid) for a in spec.argv]
+        if argv and "python" in argv[0].rsplit("/", 1)[-1]:
+            argv[0] = "python"  # the image's interpreter, not the path the autoscaler runs from
+        kwargs: dict[str, Any] = {}
+        if spec.gpus and self.gpus_visible and not any(g.startswith("vslot") for g in spec.gpus):
+            kwargs["device_requests"] = [DeviceRequest(device_ids=list(spec.gpus), capabilities=[["gpu"]])]
+        if spec.cpus:
+            kwargs["cpuset_cpus"] = ",".join(str(c) for c in spec.cpus)
+        c = self.client.containers.create(
+            spec.image or self.image,
+            command=argv,
+            name=container_name(self.project, spec.pool, rid, "starting", spec.target_role),
+            labels=labels,
+            environment={**self.env, "GPUFLEET_REPLICA_ID": rid},
+            network=self.network,
+            detach=True,
+            restart_policy={"Name": "no"},
+            **kwargs,
+        )
+        c.start()
+        c.reload()
+        r = self._to_replica(c)
+        assert r is not None
+        return r
+
+    def set_role(self, replica_id: str, role: Role, target_role: Role | None = None) -> None:
+        c = self._find(replica_id)
+        current = parse_role(c.name)
+        target = target_role or (current[1] if current else role)
+        if role != "starting":
+            target = role
+        c.rename(container_name(self.project, "", replica_id, role, target))
+
+    def remove(self, replica_id: str, grace_s: float = 10.0) -> None:
+        try:
+            c = self._find(replica_id)
+        except KeyError:
+            return
+        try:
+            c.stop(timeout=int(grace_s))
+        finally:
+            c.remove(force=True)
+
+
+class DockerNginx:
+    """nginx in its own container: validate by exec `nginx -t`, reload by SIGHUP."""
+
+    def __init__(self, client: Any, project: str, service: str = "gateway") -> None:
+        self.client = client
+        self.project = project
+        self.service = service
+
+    def _container(self) -> Any:
+        found = self.client.containers.list(filters={"label": [f"com.docker.compose.project={self.project}",
+                                                                f"com.docker.compose.service={self.service}"]})
+        if not found:
+            raise RuntimeError(f"no running {self.service} container in compose project {self.project}")
+        return found[0]
+
+    def validate(self) -> tuple[bool, str]:
+        try:
+            res = self._container().exec_run(["nginx", "-t", "-q"])
+        except RuntimeError as e:
+            return False, str(e)
+        return res.exit_code == 0, res.output.decode(errors="replace")
+
+    def reload(self) -> None:
+        self._container().kill(signal="SIGHUP")

@@ -1,0 +1,139 @@
+"""`gpufleet scale-test`: drive a running stack, watch the autoscaler, report.
+
+Works against any running stack (local or Docker): it only needs the gateway
+and the autoscaler's admin API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+from autoscaler.scaletest.loadgen import Result, run_open_loop
+from autoscaler.scaletest.report import format_summary, plot_timeline, role_counts, summarize
+from autoscaler.scaletest.scenario import Scenario, Trace, arrivals
+
+
+class NoStack(RuntimeError):
+    pass
+
+
+@dataclass
+class Run:
+    sc: Scenario
+    url: str
+    admin: str
+    token: str | None = None
+    out: TextIO = sys.stdout
+    timeline: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    results: list[Result] = field(default_factory=list)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+
+def preflight(url: str, admin: str, headers: dict[str, str]) -> tuple[list[str], dict[str, Any]]:
+    try:
+        models = httpx.get(f"{url}/v1/models", timeout=3).raise_for_status().json()
+        status = httpx.get(f"{admin}/status", headers=headers, timeout=3).raise_for_status().json()
+    except (httpx.HTTPError, ValueError) as e:
+        raise NoStack(f"no gpufleet stack answering at {url} (gateway) and {admin} (admin API): "
+                      f"{type(e).__name__}. Start one with `gpufleet up --local` or `make up`.") from None
+    return [m["id"] for m in models["data"]], status
+
+
+async def _poll(run: Run, stop: asyncio.Event, interval: float = 0.5) -> None:
+    async with httpx.AsyncClient(timeout=2, headers=run.headers) as c:
+        while not stop.is_set():
+            try:
+                r = await c.get(f"{run.admin}/status")
+                run.timeline.append((time.time(), r.json()))
+            except (httpx.HTTPError, ValueError):
+                pass  # a missed poll is a gap in the plot, not a failed test
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+
+async def _progress(run: Run, t0: float, sched: list[float], pool: str, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        await asyncio.sleep(1.0)
+        el = time.time() - t0
+        sent = sum(1 for a in sched if a <= el)
+        last = sum(1 for a in sched if el - 1 < a <= el)
+        done = len(run.results)
+        errs = sum(1 for r in run.results if not r.ok)
+        roles = role_counts(run.timeline[-1][1], pool) if run.timeline else {}
+        line = (f"\r[{el:6.1f}/{run.sc.duration_s:.0f}s] offered {last:3d} req/s  in flight {sent - done:4d}  "
+                f"done {done:5d}  errors {errs:3d}  replicas " + " ".join(f"{k}={v}" for k, v in roles.items()))
+        print(line, end="", file=run.out, flush=True)
+    print(file=run.out)
+
+
+async def execute(run: Run, base_dir: Path) -> dict[str, Any]:
+    models, status = preflight(run.url, run.admin, run.headers)
+    model = run.sc.model or models[0]
+    pool = next((n for n, p in status["pools"].items() if p["model"] == model), None)
+    if pool is None:
+        raise NoStack(f"model {model!r} is not served by this stack (it serves: {', '.join(models)})")
+    sched = arrivals(run.sc, base_dir)
+    stop = asyncio.Event()
+    t0 = time.time()
+    poller = asyncio.create_task(_poll(run, stop))
+    progress = asyncio.create_task(_progress(run, t0, [a.at for a in sched], pool, stop))
+    results = await run_open_loop(run.url, model, sched, max_in_flight=run.sc.max_in_flight,
+                                  on_result=run.results.append)
+    t_end = time.time()
+    await asyncio.sleep(1.0)  # one more poll after the last response
+    stop.set()
+    await asyncio.gather(poller, progress)
+    extra: dict[str, Any] = {"model": model, "started_at": t0, "scheduled": len(sched)}
+    if isinstance(run.sc.profile, Trace):
+        p = run.sc.profile
+        extra["trace"] = {"path": str(p.path), "time_compression": p.time_compression,
+                          "rate_scale": p.rate_scale, "start_s": p.start_s,
+                          "max_prompt_tokens": run.sc.max_prompt_tokens,
+                          "max_output_tokens": run.sc.max_output_tokens}
+    return summarize(run.sc, results, run.timeline, t0, t_end, pool, extra)
+
+
+def compact_timeline(timeline: list[tuple[float, dict[str, Any]]], t0: float) -> list[dict[str, Any]]:
+    out = []
+    for t, st in timeline:
+        pools = {}
+        for name, p in st.get("pools", {}).items():
+            pools[name] = {"roles": role_counts(st, name), "desired_active": p.get("desired_active"),
+                           "desired_warm": p.get("desired_warm"), "panic": p.get("panic"),
+                           "signals": p.get("signals")}
+        out.append({"t": round(t - t0, 3), "pools": pools})
+    return out
+
+
+def write_report(run: Run, summary: dict[str, Any], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = summary["started_at"]
+    events: dict[tuple, dict] = {}
+    for _, st in run.timeline:
+        for e in st.get("events", []):
+            if e["t"] >= t0:
+                events[(e["t"], e["kind"], e.get("replica"))] = {**e, "t": round(e["t"] - t0, 3)}
+    report = {
+        "summary": summary,
+        "scenario": run.sc.model_dump(mode="json"),
+        "timeline": compact_timeline(run.timeline, t0),
+        "events": sorted(events.values(), key=lambda e: e["t"]),
+        "requests": [{**r.to_dict(), "sent": round(r.sent - t0, 4)} for r in run.results],
+    }
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+    text = format_summary(summary)
+    (out_dir / "summary.txt").write_text(text + "\n")
+    plot_timeline(out_dir / "timeline.png", run.results, run.timeline, t0, summary["pool"],
+                  f"gpufleet scale-test: {run.sc.name} ({summary['requests']} requests)")

@@ -1,0 +1,43 @@
+"""`gpufleet scale-test` end to end against a running local stack (the CI smoke run)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.helpers import ROOT, sim_pool
+
+
+def _scale_test(stack, *args: str, out) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "autoscaler.cli", "scale-test", *args, "--url", stack.url,
+                           "--admin", stack.admin, "--out", str(out)],
+                          capture_output=True, text=True, timeout=180, cwd=ROOT)
+
+
+def test_smoke_scenario_reports_and_exit_status_follows_slo(local_stack, tmp_path):
+    stack = local_stack({"pools": [sim_pool(model="tiny-chat")]})
+    r = _scale_test(stack, "smoke", out=tmp_path / "ok")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SLO success_rate" in r.stdout and "offered" in r.stdout
+    rep = json.loads((tmp_path / "ok" / "report.json").read_text())
+    s = rep["summary"]
+    assert s["requests"] == s["scheduled"] > 50 and s["failed"] == 0 and s["slo_met"]
+    assert s["replica_seconds"]["active"] > 15, "at least one active replica for the whole run"
+    assert rep["timeline"] and rep["requests"][0]["ttft"] is not None
+    assert (tmp_path / "ok" / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # an SLO that cannot be met: non-zero exit, MISSED in the summary
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("name: strict\nduration_s: 5\nprofile: {type: step, base_rps: 2, peak_rps: 2, at_s: 0}\n"
+                      "slo: {success_rate: 1.0, ttft_p95_s: 0.0001}\n")
+    r = _scale_test(stack, str(strict), out=tmp_path / "strict")
+    assert r.returncode == 1 and "MISSED" in r.stdout
+
+
+def test_no_stack_running_says_so_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "autoscaler.cli", "scale-test", "smoke", "--url",
+                        "http://127.0.0.1:9", "--admin", "http://127.0.0.1:9"], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "gpufleet up --local" in r.stderr
