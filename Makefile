@@ -3,7 +3,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?=
 
-.PHONY: install test test-unit lint up-local bench clean
+OFFLINE ?=
+SCENARIO ?= default
+COMPOSE := docker compose -f compose/compose.yaml $(if $(OFFLINE),-f compose/compose.offline.yaml)
+
+.PHONY: install test test-unit test-e2e lint up down up-local offline-images scale-test bench clean
 
 install:
 	python3 -m venv $(VENV)
@@ -17,6 +21,24 @@ test-unit:
 
 lint:
 	$(VENV)/bin/ruff check .
+
+test-e2e:
+	$(PY) -m pytest tests/e2e
+
+# The compose stack. OFFLINE=1: the images `make offline-images` built, no Grafana.
+up:
+	$(COMPOSE) up -d $(if $(OFFLINE),,--build)
+	@echo "gateway http://localhost:8080  admin http://127.0.0.1:8181/status  prometheus http://localhost:9090" \
+	  "$(if $(OFFLINE),,grafana http://localhost:3000)"
+
+down:
+	$(COMPOSE) down --remove-orphans
+
+offline-images:
+	PYTHON=$(PY) docker/offline/build.sh
+
+scale-test:
+	$(VENV)/bin/gpufleet scale-test $(SCENARIO)
 
 up-local:
 	$(VENV)/bin/gpufleet up --local $(if $(CONFIG),--config $(CONFIG))

@@ -162,6 +162,20 @@ class Gateway:
         log.error("gateway: %s", msg)
 
 
+DOCKER_CONF_DIR = "/etc/nginx/gpufleet"  # a volume the autoscaler writes
+
+
+def docker_nginx_conf(port: int = 8080, client_max_body_size: str = "1m", worker_shutdown_timeout: int = 240) -> str:
+    """The gateway image's nginx.conf: the same template as the local stack, container paths."""
+    return render_template(
+        packaged_template("nginx.conf.j2"), mode="docker", njs_module="/usr/lib/nginx/modules/ngx_http_js_module.so",
+        worker_processes="auto", run_dir="/var/run/gpufleet-nginx", conf_dir=DOCKER_CONF_DIR, foreground=False,
+        worker_shutdown_timeout=worker_shutdown_timeout, access_log="/dev/stdout gpufleet", listen="0.0.0.0",
+        error_log="/dev/stderr",
+        port=port, client_max_body_size=client_max_body_size,
+    )
+
+
 class LocalNginx:
     """nginx as a child process of `gpufleet up --local`."""
 

@@ -84,7 +84,8 @@ async def _attempt(client: httpx.AsyncClient, url: str, model: str, a: Arrival, 
                 raw = await r.aread()
                 res.bytes = len(raw)
                 res.first_byte_at = time.time()
-                res.ttft = res.e2e = time.monotonic() - t0
+                # no stream, no first token to see: TTFT stays None, only end-to-end counts
+                res.e2e = time.monotonic() - t0
                 data = json.loads(raw)
                 res.tokens = int(data["usage"]["completion_tokens"])
                 res.ok = res.tokens == a.max_tokens

@@ -64,8 +64,13 @@ async def _poll(run: Run, stop: asyncio.Event, interval: float = 0.5) -> None:
 
 
 async def _progress(run: Run, t0: float, sched: list[float], pool: str, stop: asyncio.Event) -> None:
+    tty = run.out.isatty()
+    n = 0
     while not stop.is_set():
         await asyncio.sleep(1.0)
+        n += 1
+        if not tty and n % 5:
+            continue  # a log file gets a line every 5 s, a terminal one line updated every second
         el = time.time() - t0
         sent = sum(1 for a in sched if a <= el)
         last = sum(1 for a in sched if el - 1 < a <= el)
@@ -74,8 +79,9 @@ async def _progress(run: Run, t0: float, sched: list[float], pool: str, stop: as
         roles = role_counts(run.timeline[-1][1], pool) if run.timeline else {}
         line = (f"\r[{el:6.1f}/{run.sc.duration_s:.0f}s] offered {last:3d} req/s  in flight {sent - done:4d}  "
                 f"done {done:5d}  errors {errs:3d}  replicas " + " ".join(f"{k}={v}" for k, v in roles.items()))
-        print(line, end="", file=run.out, flush=True)
-    print(file=run.out)
+        print(line if tty else line.lstrip("\r"), end="" if tty else "\n", file=run.out, flush=True)
+    if tty:
+        print(file=run.out)
 
 
 async def execute(run: Run, base_dir: Path) -> dict[str, Any]:

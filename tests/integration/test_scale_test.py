@@ -24,7 +24,9 @@ def test_smoke_scenario_reports_and_exit_status_follows_slo(local_stack, tmp_pat
     s = rep["summary"]
     assert s["requests"] == s["scheduled"] > 50 and s["failed"] == 0 and s["slo_met"]
     assert s["replica_seconds"]["active"] > 15, "at least one active replica for the whole run"
-    assert rep["timeline"] and rep["requests"][0]["ttft"] is not None
+    streamed = [r for r in rep["requests"] if r["stream"]]
+    assert rep["timeline"] and streamed and all(r["ttft"] is not None for r in streamed)
+    assert all(r["ttft"] is None for r in rep["requests"] if not r["stream"]), "no TTFT without a stream"
     assert (tmp_path / "ok" / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # an SLO that cannot be met: non-zero exit, MISSED in the summary

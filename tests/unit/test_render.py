@@ -48,3 +48,15 @@ def test_file_sd_document_shape():
     assert targets_document([r, dead]) == [
         {"targets": ["127.0.0.1:5"], "labels": {"pool": "chat", "replica": "r-1", "role": "active",
                                                 "model": "m"}}]
+
+
+def test_gateway_image_files_match_the_templates():
+    """nginx/ is rendered from the same templates as the local stack: `python nginx/render.py` after a change."""
+    from pathlib import Path
+
+    from autoscaler.gateway.nginx import docker_nginx_conf
+
+    root = Path(__file__).resolve().parent.parent.parent / "nginx"
+    assert (root / "nginx.conf").read_text() == docker_nginx_conf()
+    for name, text in render_gateway([]).items():
+        assert (root / "initial" / name).read_text() == text

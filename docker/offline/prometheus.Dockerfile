@@ -1,0 +1,8 @@
+# Prometheus without a registry: Debian's 2.42.
+ARG BASE=gpufleet/debian:bookworm
+FROM ${BASE}
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus \
+    && rm -rf /var/lib/apt/lists/*
+EXPOSE 9090
+ENTRYPOINT ["/usr/bin/prometheus"]
+CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]

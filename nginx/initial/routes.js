@@ -1,0 +1,2 @@
+// Rendered by gpufleet's autoscaler: model -> pool, which pools serve, fallbacks.
+export default {"fallback": {}, "routes": {}, "serving": {}};

@@ -1,0 +1,120 @@
+"""The compose stack end to end on a real Docker engine (offline images)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import threading
+import time
+
+import openai
+
+from autoscaler.scaletest.loadgen import Result, constant_rate, run_open_loop
+from tests.e2e.conftest import PROJECT, ComposeStack
+from tests.helpers import wait_for
+
+CAPACITY = 4.0  # req/s of one replica: 4 slots, 20 tokens x 50 ms
+
+
+def _traffic(stack: ComposeStack, arrivals, out: list[Result]) -> threading.Thread:
+    def go() -> None:
+        out.extend(asyncio.run(run_open_loop(stack.url, "tiny-chat", arrivals)))
+
+    t = threading.Thread(target=go)
+    t.start()
+    return t
+
+
+def _assert_no_failures(results: list[Result]) -> None:
+    failed = [r for r in results if not r.ok]
+    assert results and not failed, f"{len(failed)} of {len(results)} failed: {[r.error for r in failed[:5]]}"
+
+
+def test_openai_client_through_the_compose_gateway(compose_stack):
+    c = openai.OpenAI(base_url=f"{compose_stack.url}/v1", api_key="x", max_retries=0)
+    assert [m.id for m in c.models.list().data] == ["tiny-chat"]
+    r = c.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+    assert r.usage.completion_tokens == 5
+    chunks = list(c.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "x"}],
+                                            max_tokens=5, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].usage.completion_tokens == 5
+    # replicas are containers, listed by `docker compose ps`, with their state in labels/name
+    reps = compose_stack.replicas()
+    assert reps and all("io.gpufleet.pool=chat" in r["Labels"] for r in reps)
+    ps = compose_stack.compose("ps", "--format", "{{.Name}}").stdout
+    assert any(r["Names"] in ps for r in reps), f"replicas not in `docker compose ps`:\n{ps}"
+
+
+def test_burst_creates_replica_containers_that_drain_and_go(compose_stack):
+    stack = compose_stack
+    wait_for(lambda: len(stack.active()) == 1 and not any(
+        r["role"] in ("draining", "starting") for r in stack.status()["pools"]["chat"]["replicas"]), 60,
+        "a quiet fleet of one active replica")
+    before = {r["ID"] for r in stack.replicas()}
+    results: list[Result] = []
+    t = _traffic(stack, constant_rate(CAPACITY, 0, 4, max_tokens=20)
+                 + constant_rate(4 * CAPACITY, 4, 14, max_tokens=20)
+                 + constant_rate(CAPACITY / 4, 18, 20, max_tokens=20), results)
+    peak = wait_for(lambda: (lambda r: r if len(r) >= len(before) + 2 else None)(stack.replicas()), 40,
+                    "new replica containers during the burst")
+    labels = [r["Labels"] for r in peak if r["ID"] not in before]
+    assert all("io.gpufleet.gpus=vslot" in lab and "io.gpufleet.config-hash=" in lab for lab in labels), labels
+    t.join()
+    _assert_no_failures(results)
+    activations = [e for e in stack.status()["events"] if e["kind"] == "activate"]
+    assert activations, "the warm replica was not activated"
+    wait_for(lambda: len(stack.active()) == 1 and not any(
+        r["role"] == "draining" for r in stack.status()["pools"]["chat"]["replicas"]), 90,
+        "scale-down by drain to one active replica")
+    ev = stack.status()["events"]
+    assert any(e["kind"] == "drain" for e in ev)
+    assert not [e for e in ev if e["kind"] == "stop" and e.get("role") == "active"], "active stopped, not drained"
+    gone = before | {r["ID"] for r in peak}
+    assert len({r["ID"] for r in stack.replicas()}) < len(gone), "surplus replica containers were not removed"
+
+
+def test_autoscaler_killed_during_scale_up_then_restarted_adopts_the_fleet(compose_stack):
+    stack = compose_stack
+    results: list[Result] = []
+    t = _traffic(stack, constant_rate(4 * CAPACITY, 0, 20, max_tokens=20), results)
+    wait_for(lambda: any(r["role"] == "starting" for r in stack.status()["pools"]["chat"]["replicas"]), 30,
+             "a scale-up in progress (a starting replica)", interval=0.2)
+    subprocess.run(["docker", "kill", f"{PROJECT}-autoscaler-1"], check=True, capture_output=True)
+    during = {r["ID"]: r["Names"] for r in stack.replicas()}
+    time.sleep(2)
+    stack.compose("up", "-d", "--no-build")
+    wait_for(lambda: stack.status()["ticks"] > 3, 60, "the restarted autoscaler ticking")
+    t.join()
+    _assert_no_failures(results)
+    st = stack.status()
+    known = {r["id"] for r in st["pools"]["chat"]["replicas"]}
+    containers = stack.replicas()
+    ids = {r["Labels"].split("io.gpufleet.replica=")[1].split(",")[0] for r in containers}
+    assert ids <= known | {e["replica"] for e in st["events"] if e["kind"] == "stop"}, \
+        f"orphan replica containers: {ids - known}"
+    adopted = [c for c in during if c in {r["ID"] for r in containers}]
+    assert adopted, "the restarted autoscaler replaced the fleet instead of adopting it"
+    held = [g for r in st["pools"]["chat"]["replicas"] for g in r["gpus"]]
+    assert len(held) == len(set(held)), f"a GPU slot assigned twice: {held}"
+    assert not [e for e in st["events"] if e["kind"] == "tick_error"]
+
+
+def test_compose_up_again_mid_traffic_stops_no_serving_replica(compose_stack):
+    stack = compose_stack
+    serving = {r["id"] for r in stack.active()}
+    results: list[Result] = []
+    t = _traffic(stack, constant_rate(CAPACITY / 2, 0, 12, max_tokens=20), results)
+    time.sleep(2)
+    stack.compose("up", "-d", "--no-build")
+    t.join()
+    _assert_no_failures(results)
+    still = {r["id"] for r in stack.status()["pools"]["chat"]["replicas"]}
+    assert serving <= still, f"`docker compose up -d` stopped serving replicas: {serving - still}"
+
+
+def test_compose_down_leaves_no_container(compose_stack):
+    stack = compose_stack
+    assert stack.replicas()
+    stack.compose("down", timeout=180)
+    left = stack.containers()
+    assert not left, f"containers of the project left after `docker compose down`: {[c['Names'] for c in left]}"
