@@ -103,6 +103,7 @@ class Controller:
         self.tick_seconds: deque[float] = deque(maxlen=100)
         self._http = httpx.AsyncClient(timeout=cfg.scrape_timeout_s)
         self._busy: set[str] = set()  # replicas with a removal in flight
+        self._removals: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -161,13 +162,18 @@ class Controller:
         async def go() -> None:
             try:
                 await asyncio.to_thread(self.runtime.remove, r.id)
+            except Exception as e:  # the next tick sees it again and retries
+                log.error("stopping %s failed: %s", r.id, e)
             finally:
                 self._busy.discard(r.id)
                 self.health.pop(r.id, None)
 
-        asyncio.get_running_loop().create_task(go())
+        task = asyncio.get_running_loop().create_task(go())
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
 
-    def _start(self, pool: PoolConfig, target: str, reason: str, used: set[str]) -> bool:
+    def _place(self, pool: PoolConfig, target: str, used: set[str]) -> tuple[ReplicaSpec, str] | None:
+        """Reserve GPUs for a new replica (in `used`) and describe it; None when nothing fits."""
         placement = self.placer.place(
             pool.gpus_per_replica, used, model=pool.gpu_model, min_memory_mb=pool.gpu_min_memory_mb,
             min_link=LinkKind[pool.gpu_min_link] if pool.gpu_min_link else None,
@@ -178,19 +184,27 @@ class Controller:
             if st.no_capacity != msg:
                 self.event("no_capacity", pool.name, reason=msg)
             st.no_capacity = msg
-            return False
+            return None
         st.no_capacity = None
+        used.update(placement.gpus)
         spec = ReplicaSpec(pool=pool.name, model=pool.model, argv=replica_argv(pool),
                            config_hash=pool.config_hash(), target_role=target,  # type: ignore[arg-type]
                            gpus=placement.gpus, cpus=placement.cpus, image=pool.image)
-        r = self.runtime.create(spec)
-        used.update(placement.gpus)
-        self.event("start", pool.name, replica=r.id, target=target, gpus=list(r.gpus), reason=reason,
-                   placement=placement.note)
-        return True
+        return spec, placement.note
+
+    async def _create(self, spec: ReplicaSpec, reason: str, placement: str) -> None:
+        try:
+            r = await asyncio.to_thread(self.runtime.create, spec)
+        except Exception as e:  # an image missing, a daemon error: the next tick tries again
+            self.event("start_failed", spec.pool, target=spec.target_role, reason=f"{type(e).__name__}: {e}")
+            return
+        self.event("start", spec.pool, replica=r.id, target=spec.target_role, gpus=list(r.gpus), reason=reason,
+                   placement=placement)
 
     def _apply(self, pool: PoolConfig, actions: list[Action], by_id: dict[str, Replica],
-               used: set[str]) -> None:
+               used: set[str]) -> list[tuple[ReplicaSpec, str, str]]:
+        """Apply role changes now; return the replicas to create (slow: done after the gateway update)."""
+        starts: list[tuple[ReplicaSpec, str, str]] = []
         for a in actions:
             if a.kind == "activate" and a.replica:
                 self.runtime.set_role(a.replica, "active", "active")
@@ -203,8 +217,12 @@ class Controller:
                 self.event("drain", pool.name, replica=a.replica, reason=a.reason)
             elif a.kind == "stop" and a.replica:
                 self._remove_later(by_id[a.replica], a.reason)
-            elif a.kind == "start" and a.role and not self._start(pool, a.role, a.reason, used):
-                break
+            elif a.kind == "start" and a.role:
+                placed = self._place(pool, a.role, used)
+                if placed is None:
+                    break
+                starts.append((placed[0], a.reason, placed[1]))
+        return starts
 
     def _view(self, r: Replica) -> ReplicaView:
         h = self.health.get(r.id)
@@ -266,17 +284,23 @@ class Controller:
         reps = [r for r in self.runtime.list() if r.id not in self._busy]
         self.replicas = reps
 
+        starts: list[tuple[ReplicaSpec, str, str]] = []
         for p in self.cfg.pools:
-            self._decide_and_act(p, reps, now, used)
+            starts += self._decide_and_act(p, reps, now, used)
 
+        # Routing first (warm activation, drains), then the slow part: creating replicas.
         self.replicas = [r for r in self.runtime.list() if r.id not in self._busy]
         self.gateway.update(self._routes())
+        if starts:
+            await asyncio.gather(*(self._create(*s) for s in starts))
+            self.replicas = [r for r in self.runtime.list() if r.id not in self._busy]
         if self.targets is not None:
             self.targets.write(self.replicas)
         self.ticks += 1
         self.tick_seconds.append(time.monotonic() - t0)
 
-    def _decide_and_act(self, p: PoolConfig, reps: list[Replica], now: float, used: set[str]) -> None:
+    def _decide_and_act(self, p: PoolConfig, reps: list[Replica], now: float,
+                        used: set[str]) -> list[tuple[ReplicaSpec, str, str]]:
         st = self.pools[p.name]
         mine = [r for r in reps if r.pool == p.name]
         routed = [r for r in mine if r.role == "active" and self.health.get(r.id, ReplicaHealth()).ready]
@@ -305,7 +329,7 @@ class Controller:
                        desired_warm=d.desired_warm, panic=d.panic, reason=d.reason,
                        active=view.active, warm=view.warm)
         actions = plan(d.desired_active, d.desired_warm, [self._view(r) for r in mine])
-        self._apply(p, actions, {r.id: r for r in mine}, used)
+        return self._apply(p, actions, {r.id: r for r in mine}, used)
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -323,8 +347,14 @@ class Controller:
                 await asyncio.wait_for(stop.wait(), timeout=max(delay, 0.05))
 
     async def shutdown_replicas(self) -> None:
+        """Stop every replica; one that fails to stop must not leave the others running."""
+        await asyncio.gather(*self._removals, return_exceptions=True)
         reps = self.runtime.list()
-        await asyncio.gather(*(asyncio.to_thread(self.runtime.remove, r.id) for r in reps))
+        results = await asyncio.gather(*(asyncio.to_thread(self.runtime.remove, r.id) for r in reps),
+                                       return_exceptions=True)
+        for r, res in zip(reps, results, strict=True):
+            if isinstance(res, BaseException):
+                log.error("could not stop replica %s: %s", r.id, res)
 
     # ---- status --------------------------------------------------------------------------
 

@@ -79,7 +79,7 @@ async def run_docker(cfg: FleetConfig) -> None:
     NGINX_DIR.mkdir(parents=True, exist_ok=True)
     nginx = DockerNginx(client, project)
     gateway = Gateway(NGINX_DIR, cfg.gateway, nginx.validate, nginx.reload)
-    gateway.write_initial()
+    gateway.write_initial(keep_existing=True)
     runtime = DockerRuntime(client, project, network, image, gpus_visible=nvidia_runtime(client))
     controller = Controller(cfg, runtime, gateway, make_placer(cfg.gpus), TargetsWriter(TARGETS))
     admin = _AdminServer(uvicorn.Config(create_admin_app(controller, cfg.admin.token), host=cfg.admin.host,

@@ -86,13 +86,18 @@ class Gateway:
         self._last_msg: str | None = None
         self.on_reload: list[Callable[[], None]] = []
 
-    def write_initial(self) -> None:
-        """Files nginx needs before its first start: no pool is serving yet."""
+    def write_initial(self, keep_existing: bool = False) -> None:
+        """Files nginx needs before its first start: no pool is serving yet.
+
+        keep_existing: nginx already runs on the files there (a restarted sidecar); leave them,
+        and let the first update reload with what the adopted fleet serves.
+        """
         shutil.copyfile(TEMPLATES / "gateway.js", self.conf_dir / "gateway.js")
         files = render_gateway([])
         for name, text in files.items():
-            atomic_write(self.conf_dir / name, text)
-        self._applied = files
+            if not (keep_existing and (self.conf_dir / name).exists()):
+                atomic_write(self.conf_dir / name, text)
+        self._applied = None if keep_existing else files
 
     def update(self, routes: Sequence[PoolRoute]) -> bool:
         """Render; reload now, or as soon as the debounce interval allows. True if a change is due."""

@@ -15,6 +15,7 @@ stops its fleet; killing it leaves the fleet serving for the next one to adopt.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from typing import Any
@@ -53,6 +54,9 @@ class DockerRuntime:
         self.image = image
         self.gpus_visible = gpus_visible  # NVIDIA runtime present: pin by DeviceRequest
         self.env = env or {}
+        # When each replica got its role. Not in Docker (labels are immutable): a restarted
+        # autoscaler starts the clock at adoption, so a drain in progress waits its settle time again.
+        self._since: dict[str, float] = {}
 
     def _mine(self) -> list[Any]:
         return self.client.containers.list(all=True, filters={"label": [f"{L}owner={self.project}"]})
@@ -78,7 +82,7 @@ class DockerRuntime:
             config_hash=labels.get(f"{L}config-hash", ""),
             created_at=float(labels.get(f"{L}created-at", "0")),
             alive=c.status == "running" and bool(ip),
-            role_since=float(labels.get(f"{L}created-at", "0")),
+            role_since=self._since.setdefault(f"{labels[f'{L}replica']}:{role}", time.time()),
             labels={"container": c.id[:12], "name": c.name},
         )
 
@@ -112,6 +116,8 @@ class DockerRuntime:
             "com.docker.compose.project": self.project,
             "com.docker.compose.service": f"replica-{spec.pool}",
             "com.docker.compose.oneoff": "False",
+            # compose lists only containers that carry a config hash
+            "com.docker.compose.config-hash": spec.config_hash,
         }
         argv = [a.format(port=REPLICA_PORT, host="0.0.0.0", replica_id=rid) for a in spec.argv]
         if argv and "python" in argv[0].rsplit("/", 1)[-1]:
@@ -145,16 +151,24 @@ class DockerRuntime:
         if role != "starting":
             target = role
         c.rename(container_name(self.project, "", replica_id, role, target))
+        self._since[f"{replica_id}:{role}"] = time.time()
 
     def remove(self, replica_id: str, grace_s: float = 10.0) -> None:
+        import docker.errors
+
         try:
             c = self._find(replica_id)
         except KeyError:
             return
-        try:
+        # Another remover (shutdown racing a scale-down) may get there first: gone is gone.
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             c.stop(timeout=int(grace_s))
-        finally:
-            c.remove(force=True)
+        with contextlib.suppress(docker.errors.NotFound):
+            try:
+                c.remove(force=True)
+            except docker.errors.APIError as e:
+                if "already in progress" not in str(e):
+                    raise
 
 
 class DockerNginx:
