@@ -104,6 +104,9 @@ class Controller:
         self._http = httpx.AsyncClient(timeout=cfg.scrape_timeout_s)
         self._busy: set[str] = set()  # replicas with a removal in flight
         self._removals: set[asyncio.Task[None]] = set()
+        self._routed: set[str] = set()  # replica ids in the config nginx last loaded
+        self._pending_routes: set[str] = set()
+        gateway.on_reload.append(self._on_reload)
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -229,7 +232,23 @@ class Controller:
         return ReplicaView(r.id, r.role, r.target_role, bool(h and h.ready), self.load(r.id),
                            r.created_at, r.role_since)
 
+    def _on_reload(self) -> None:
+        """nginx now routes exactly the pending set: record who joined (warm activation ends here) and left."""
+        new = self._pending_routes
+        for rid in sorted(new - self._routed):
+            self.event("routed", next((r.pool for r in self.replicas if r.id == rid), None), replica=rid,
+                       reload_s=round(self.gateway.stats.last_reload_s or 0, 4))
+        for rid in sorted(self._routed - new):
+            self.event("unrouted", next((r.pool for r in self.replicas if r.id == rid), None), replica=rid)
+        self._routed = set(new)
+
     def _routes(self) -> list[PoolRoute]:
+        by_upstream = {r.upstream: r.id for r in self.replicas}
+        routes = self._route_table()
+        self._pending_routes = {by_upstream[s] for p in routes for s in p.servers if s in by_upstream}
+        return routes
+
+    def _route_table(self) -> list[PoolRoute]:
         routes = []
         for p in self.cfg.pools:
             servers = tuple(sorted(

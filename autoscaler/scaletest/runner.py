@@ -131,8 +131,13 @@ def write_report(run: Run, summary: dict[str, Any], out_dir: Path) -> None:
         for e in st.get("events", []):
             if e["t"] >= t0:
                 events[(e["t"], e["kind"], e.get("replica"))] = {**e, "t": round(e["t"] - t0, 3)}
+    upstreams: dict[str, str] = {}
+    for _, st in run.timeline:
+        for p in st.get("pools", {}).values():
+            upstreams.update({r["id"]: r["upstream"] for r in p["replicas"]})
     report = {
         "summary": summary,
+        "replica_upstreams": [upstreams],
         "scenario": run.sc.model_dump(mode="json"),
         "timeline": compact_timeline(run.timeline, t0),
         "events": sorted(events.values(), key=lambda e: e["t"]),
