@@ -251,11 +251,14 @@ class Controller:
     def _route_table(self) -> list[PoolRoute]:
         routes = []
         for p in self.cfg.pools:
-            servers = tuple(sorted(
-                r.upstream for r in self.replicas
-                if r.pool == p.name and r.role == "active" and r.alive and r.id not in self._busy
-                and self.health.get(r.id, ReplicaHealth()).ready
-            ))
+            # Newest-activated first: right after a reload every worker breaks least_conn ties in
+            # list order, so ties go to the replica that was just added (and has nothing to do).
+            routed = sorted(
+                (r for r in self.replicas
+                 if r.pool == p.name and r.role == "active" and r.alive and r.id not in self._busy
+                 and self.health.get(r.id, ReplicaHealth()).ready),
+                key=lambda r: (-r.role_since, r.upstream))
+            servers = tuple(r.upstream for r in routed)
             routes.append(PoolRoute(p.name, p.model, servers, p.fallback))
         return routes
 
