@@ -6,11 +6,13 @@ everything but /healthz needs `Authorization: Bearer <token>`.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -65,6 +67,14 @@ class FleetCollector(Collector):
             events.add_metric([kind, pool], n)
         yield events
         yield CounterMetricFamily("gpufleet_ticks", "Control loop ticks", value=c.ticks)
+
+
+class AdminServer(uvicorn.Server):
+    """uvicorn for the admin API, leaving SIGINT/SIGTERM to the stack that runs it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def create_admin_app(controller: Controller, token: str | None = None) -> FastAPI:

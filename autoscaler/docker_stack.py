@@ -10,18 +10,16 @@ SIGKILL leaves it serving, and the next autoscaler adopts it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
-from autoscaler.admin import create_admin_app
+from autoscaler.admin import AdminServer, create_admin_app
 from autoscaler.config import FleetConfig
 from autoscaler.controller import Controller
 from autoscaler.gateway.nginx import Gateway
@@ -33,12 +31,6 @@ log = logging.getLogger("gpufleet.docker")
 
 NGINX_DIR = Path(os.environ.get("GPUFLEET_NGINX_DIR", "/run/gpufleet/nginx"))
 TARGETS = Path(os.environ.get("GPUFLEET_TARGETS", "/run/gpufleet/prometheus/targets.json"))
-
-
-class _AdminServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def discover(client: Any) -> tuple[str, str, str]:
@@ -82,7 +74,7 @@ async def run_docker(cfg: FleetConfig) -> None:
     gateway.write_initial(keep_existing=True)
     runtime = DockerRuntime(client, project, network, image, gpus_visible=nvidia_runtime(client))
     controller = Controller(cfg, runtime, gateway, make_placer(cfg.gpus), TargetsWriter(TARGETS))
-    admin = _AdminServer(uvicorn.Config(create_admin_app(controller, cfg.admin.token), host=cfg.admin.host,
+    admin = AdminServer(uvicorn.Config(create_admin_app(controller, cfg.admin.token), host=cfg.admin.host,
                                         port=cfg.admin.port, log_level="warning", access_log=False))
     admin_task = asyncio.create_task(admin.serve())
     try:

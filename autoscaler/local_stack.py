@@ -8,18 +8,16 @@ nginx/Prometheus are stopped and started again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
 
-from autoscaler.admin import create_admin_app
+from autoscaler.admin import AdminServer, create_admin_app
 from autoscaler.config import FleetConfig
 from autoscaler.controller import Controller
 from autoscaler.gateway.nginx import Gateway, LocalNginx, atomic_write
@@ -29,13 +27,6 @@ from autoscaler.prom_sd import TargetsWriter
 from autoscaler.runtime.local import LocalRuntime
 
 log = logging.getLogger("gpufleet.local")
-
-
-class _AdminServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # The stack owns SIGINT/SIGTERM and stops the server itself.
-        yield
 
 
 def _stop_stale(pid_file: Path, sig: int = signal.SIGQUIT) -> None:
@@ -106,7 +97,7 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
     runtime = LocalRuntime(run_dir / "replicas")
     controller = Controller(cfg, runtime, gateway, make_placer(cfg.gpus),
                             TargetsWriter(run_dir / "prometheus" / "targets.json"))
-    admin = _AdminServer(uvicorn.Config(create_admin_app(controller, cfg.admin.token),
+    admin = AdminServer(uvicorn.Config(create_admin_app(controller, cfg.admin.token),
                                         host=cfg.admin.host, port=cfg.admin.port,
                                         log_level="warning", access_log=False))
     try:
