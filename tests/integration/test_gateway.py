@@ -47,8 +47,12 @@ def test_openai_client_through_gateway_and_prometheus_sees_replicas(local_stack)
 
     series = wait_for(scraped, 40, "Prometheus scraping both pools' active replicas", interval=1)
     assert all(m["metric"]["replica"].startswith("r-") for m in series)
-    res = httpx.get(f"{prom}/api/v1/query", params={"query": 'up{job="gpufleet-autoscaler"}'}).json()
-    assert res["data"]["result"] and res["data"]["result"][0]["value"][1] == "1"
+
+    def autoscaler_up() -> bool:
+        res = httpx.get(f"{prom}/api/v1/query", params={"query": 'up{job="gpufleet-autoscaler"}'}).json()
+        return bool(res["data"]["result"]) and res["data"]["result"][0]["value"][1] == "1"
+
+    wait_for(autoscaler_up, 30, "Prometheus scraping the autoscaler's /metrics", interval=1)
 
 
 def test_sigkilled_replica_leaves_upstream_and_is_replaced(local_stack):
