@@ -29,7 +29,7 @@ from autoscaler.gpus.topology import LinkKind, Topology
 from autoscaler.planner import Action, ReplicaView, drain_finished, plan
 from autoscaler.policy import Decision, PolicyState, PoolView, decide
 from autoscaler.prom_sd import TargetsWriter
-from autoscaler.runtime.base import Replica, ReplicaSpec, Runtime
+from autoscaler.runtime.base import Replica, ReplicaSpec, Role, Runtime
 from autoscaler.signals import PoolSignals, ReplicaSample, parse_metrics, pool_signals
 
 log = logging.getLogger("gpufleet.controller")
@@ -103,6 +103,7 @@ class Controller:
         self.tick_seconds: deque[float] = deque(maxlen=100)
         self._http = httpx.AsyncClient(timeout=cfg.scrape_timeout_s)
         self._busy: set[str] = set()  # replicas with a removal in flight
+        self._changed = False  # a role changed or a replica came/went since the last list
         self._removals: set[asyncio.Task[None]] = set()
         self._routed: set[str] = set()  # replica ids in the config nginx last loaded
         self._pending_routes: set[str] = set()
@@ -141,12 +142,24 @@ class Controller:
 
     async def observe(self) -> list[Replica]:
         reps = [r for r in self.runtime.list() if r.id not in self._busy]
+        self._changed = False
         await asyncio.gather(*(self._scrape(r) for r in reps if r.alive))
         for rid in list(self.health):
             if rid not in {r.id for r in reps} and rid not in self._busy:
                 del self.health[rid]
         self.replicas = reps
         return reps
+
+    def _relist(self) -> list[Replica]:
+        """The runtime's view again, but only if this tick changed it (a list is a Docker API call)."""
+        if self._changed:
+            self._changed = False
+            self.replicas = [r for r in self.runtime.list() if r.id not in self._busy]
+        return self.replicas
+
+    def _set_role(self, rid: str, role: Role, target: Role | None = None) -> None:
+        self.runtime.set_role(rid, role, target)
+        self._changed = True
 
     def load(self, rid: str) -> float:
         h = self.health.get(rid)
@@ -160,6 +173,7 @@ class Controller:
     def _remove_later(self, r: Replica, why: str) -> None:
         """Stopping takes seconds (graceful first): never on the loop's critical path."""
         self._busy.add(r.id)
+        self._changed = True
         self.event("stop", r.pool, replica=r.id, role=r.role, reason=why)
 
         async def go() -> None:
@@ -201,6 +215,7 @@ class Controller:
         except Exception as e:  # an image missing, a daemon error: the next tick tries again
             self.event("start_failed", spec.pool, target=spec.target_role, reason=f"{type(e).__name__}: {e}")
             return
+        self._changed = True
         self.event("start", spec.pool, replica=r.id, target=spec.target_role, gpus=list(r.gpus), reason=reason,
                    placement=placement)
 
@@ -210,13 +225,13 @@ class Controller:
         starts: list[tuple[ReplicaSpec, str, str]] = []
         for a in actions:
             if a.kind == "activate" and a.replica:
-                self.runtime.set_role(a.replica, "active", "active")
+                self._set_role(a.replica, "active", "active")
                 self.event("activate", pool.name, replica=a.replica, reason=a.reason)
             elif a.kind == "retarget" and a.replica and a.role:
-                self.runtime.set_role(a.replica, "starting", a.role)
+                self._set_role(a.replica, "starting", a.role)
                 self.event("retarget", pool.name, replica=a.replica, target=a.role, reason=a.reason)
             elif a.kind == "drain" and a.replica:
-                self.runtime.set_role(a.replica, "draining")
+                self._set_role(a.replica, "draining")
                 self.event("drain", pool.name, replica=a.replica, reason=a.reason)
             elif a.kind == "stop" and a.replica:
                 self._remove_later(by_id[a.replica], a.reason)
@@ -279,11 +294,10 @@ class Controller:
             elif r.role != "starting" and h.failures >= self.cfg.unhealthy_after:
                 self._remove_later(r, f"failed {h.failures} health checks: {h.last_error}")
             elif r.role == "starting" and h.ready:
-                self.runtime.set_role(r.id, r.target_role)
+                self._set_role(r.id, r.target_role)
                 self.event("ready", r.pool, replica=r.id, role=r.target_role,
                            load_s=round(now - r.created_at, 3))
-        reps = [r for r in self.runtime.list() if r.id not in self._busy]
-        self.replicas = reps
+        reps = self._relist()
 
         # Drains that are done: demote to warm if the pool wants one, else stop.
         settle = max(1.0, 2 * self.cfg.gateway.reload_min_interval_s)
@@ -298,24 +312,23 @@ class Controller:
                     continue
                 healthy = self.health.get(r.id, ReplicaHealth()).ready
                 if warm_now < want_warm and healthy and r.config_hash == p.config_hash():
-                    self.runtime.set_role(r.id, "warm", "warm")
+                    self._set_role(r.id, "warm", "warm")
                     warm_now += 1
                     self.event("demote", p.name, replica=r.id, reason=why)
                 else:
                     self._remove_later(r, why)
-        reps = [r for r in self.runtime.list() if r.id not in self._busy]
-        self.replicas = reps
+        reps = self._relist()
 
         starts: list[tuple[ReplicaSpec, str, str]] = []
         for p in self.cfg.pools:
             starts += self._decide_and_act(p, reps, now, used)
 
         # Routing first (warm activation, drains), then the slow part: creating replicas.
-        self.replicas = [r for r in self.runtime.list() if r.id not in self._busy]
+        self._relist()
         self.gateway.update(self._routes())
         if starts:
             await asyncio.gather(*(self._create(*s) for s in starts))
-            self.replicas = [r for r in self.runtime.list() if r.id not in self._busy]
+            self._relist()
         if self.targets is not None:
             self.targets.write(self.replicas)
         self.ticks += 1

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from autoscaler.config import GatewayConfig
@@ -56,7 +56,6 @@ class GatewayStats:
     last_reload_at: float | None = None  # wall clock
     last_reload_s: float | None = None  # nginx -t + signal
     last_error: str | None = None
-    reload_durations: list[float] = field(default_factory=list)
 
 
 class Gateway:
@@ -153,7 +152,6 @@ class Gateway:
         self.stats.reloads += 1
         self.stats.last_reload_at = time.time()
         self.stats.last_reload_s = dt
-        self.stats.reload_durations = [*self.stats.reload_durations[-99:], dt]
         for cb in self.on_reload:
             cb()
 

@@ -67,9 +67,6 @@ class Topology:
     def n(self) -> int:
         return len(self.gpus)
 
-    def by_id(self, gpu_id: str) -> Gpu:
-        return next(g for g in self.gpus if g.id == gpu_id)
-
 
 class TopologyParseError(ValueError):
     def __init__(self, source: str, line: int, reason: str) -> None:

@@ -35,8 +35,8 @@ def role_counts(status: dict[str, Any], pool: str | None) -> dict[str, int]:
     return counts
 
 
-def replica_seconds(timeline: Sequence[tuple[float, dict[str, Any]]], pool: str | None,
-                    gpus_per_replica: dict[str, int] | None = None) -> dict[str, dict[str, float]]:
+def replica_seconds(timeline: Sequence[tuple[float, dict[str, Any]]],
+                    pool: str | None) -> dict[str, dict[str, float]]:
     """Integrate replicas (and GPUs) held by role over the run, step-wise between polls."""
     reps = dict.fromkeys(ROLES, 0.0)
     gpus = dict.fromkeys(ROLES, 0.0)
@@ -47,7 +47,7 @@ def replica_seconds(timeline: Sequence[tuple[float, dict[str, Any]]], pool: str 
                 continue
             for r in p["replicas"]:
                 reps[r["role"]] += dt
-                gpus[r["role"]] += dt * max(len(r["gpus"]), (gpus_per_replica or {}).get(name, 0))
+                gpus[r["role"]] += dt * len(r["gpus"])
     return {"replica_seconds": reps, "gpu_seconds": gpus}
 
 
