@@ -37,7 +37,7 @@ class FleetCollector(Collector):
         panic = GaugeMetricFamily("gpufleet_panic", "1 while the pool is in panic mode", labels=["pool"])
         sig = GaugeMetricFamily("gpufleet_signal", "Latest pool signal", labels=["pool", "signal"])
         for p in c.cfg.pools:
-            st = c.pools[p.name]
+            st = c.states[p.name]
             if st.decision:
                 desired.add_metric([p.name, "active"], st.decision.desired_active)
                 desired.add_metric([p.name, "warm"], st.decision.desired_warm)
@@ -97,7 +97,7 @@ def create_admin_app(controller: Controller, token: str | None = None) -> FastAP
 
     @app.get("/status")
     async def status() -> dict[str, Any]:
-        return controller.status()
+        return controller.status().as_json()
 
     @app.get("/gpus")
     async def gpus() -> dict[str, Any]:
@@ -105,7 +105,7 @@ def create_admin_app(controller: Controller, token: str | None = None) -> FastAP
         topo = controller.placer.topo
         reasons = {g.index: controller.placer.cordoned[g.id] for g in topo.gpus if g.id in controller.placer.cordoned}
         topo = replace(topo, cordoned=frozenset(reasons), cordon_reasons=reasons)
-        holders = {d["id"]: d["held_by"] for d in controller.gpu_status()["devices"] if d["held_by"]}
+        holders = {d.id: d.held_by for d in controller.gpu_status().devices if d.held_by}
         return {"topology": topology_to_json(topo), "holders": holders}
 
     @app.get("/metrics")

@@ -69,10 +69,10 @@ async def reloads(gw: Gateway, url: str, a: str, b: str, n: int) -> tuple[list[f
     async with httpx.AsyncClient(timeout=10) as c:
         body = {"model": MODEL, "prompt": "x", "max_tokens": 1}
         for _ in range(n):
-            gw.update([PoolRoute("bench", MODEL, (a,))])
+            await gw.update([PoolRoute("bench", MODEL, (a,))])
             await asyncio.sleep(0.6)
             t0 = time.perf_counter()
-            gw.update([PoolRoute("bench", MODEL, tuple(sorted((a, b))))])
+            await gw.update([PoolRoute("bench", MODEL, tuple(sorted((a, b))))])
             flush.append(gw.stats.last_reload_s or 0)
             while True:
                 try:
@@ -106,7 +106,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{cfg.port}"
     try:
         async def go() -> dict[str, object]:
-            gw.update([PoolRoute("bench", MODEL, (a,))])
+            await gw.update([PoolRoute("bench", MODEL, (a,))])
             await asyncio.sleep(0.5)
             direct = await load(f"http://{a}", args.requests, args.concurrency)
             proxied = await load(url, args.requests, args.concurrency)

@@ -83,7 +83,11 @@ class Gateway:
         self._timer: asyncio.TimerHandle | None = None
         self._rejected: dict[str, str] | None = None  # last set nginx -t refused: not retried
         self._last_msg: str | None = None
-        self.on_reload: list[Callable[[], None]] = []
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending_tag: object = None
+        # called on the event loop after each reload, with the tag of the update it applied
+        self.on_reload: list[Callable[[object], None]] = []
 
     def write_initial(self, keep_existing: bool = False) -> None:
         """Files nginx needs before its first start: no pool is serving yet.
@@ -98,8 +102,13 @@ class Gateway:
                 atomic_write(self.conf_dir / name, text)
         self._applied = None if keep_existing else files
 
-    def update(self, routes: Sequence[PoolRoute]) -> bool:
-        """Render; reload now, or as soon as the debounce interval allows. True if a change is due."""
+    async def update(self, routes: Sequence[PoolRoute], tag: object = None) -> bool:
+        """Render; reload now, or as soon as the debounce interval allows. True if a change is due.
+        `tag` comes back to the on_reload callbacks with the reload that applied these routes.
+
+        `nginx -t` and the signal run in a thread: a slow check (or a slow Docker daemon behind
+        `docker exec`) never stalls the event loop, so scrapes and /status go on meanwhile.
+        """
         try:
             files = render_gateway(routes, self.cfg.upstream_template)
         except Exception as e:  # a broken template must never take the gateway down
@@ -111,23 +120,34 @@ class Gateway:
             self._pending = None
             return False
         self._pending = files
+        self._pending_tag = tag
         wait = self.cfg.reload_min_interval_s - (time.monotonic() - self._last_reload_mono)
         if wait <= 0:
-            self.flush()
+            await self.flush()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(wait, self.flush)
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(wait, lambda: self._tasks.add(loop.create_task(self.flush())))
         return True
 
     @property
     def pending(self) -> bool:
         return self._pending is not None
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         self._timer = None
-        files = self._pending
-        if files is None:
-            return
-        self._pending = None
+        self._tasks = {t for t in self._tasks if not t.done()}
+        async with self._lock:
+            files = self._pending
+            if files is None:
+                return
+            tag = self._pending_tag
+            self._pending = None
+            ok = await asyncio.to_thread(self._write_check_signal, files)
+        if ok:
+            for cb in self.on_reload:
+                cb(tag)
+
+    def _write_check_signal(self, files: dict[str, str]) -> bool:
         t0 = time.monotonic()
         backup = {n: (self.conf_dir / n).read_text() for n in files if (self.conf_dir / n).exists()}
         for name, text in files.items():
@@ -138,12 +158,12 @@ class Gateway:
                 atomic_write(self.conf_dir / name, text)
             self._rejected = files
             self._error(f"nginx -t rejected the new config; kept the last good one: {out.strip()[-500:]}")
-            return
+            return False
         try:
             self._signal()
         except Exception as e:
             self._error(f"reload signal failed: {e}")
-            return
+            return False
         dt = time.monotonic() - t0
         self._applied = files
         self._rejected = None
@@ -152,8 +172,7 @@ class Gateway:
         self.stats.reloads += 1
         self.stats.last_reload_at = time.time()
         self.stats.last_reload_s = dt
-        for cb in self.on_reload:
-            cb()
+        return True
 
     def _error(self, msg: str) -> None:
         # The same failure every tick is one failure, not one a second.

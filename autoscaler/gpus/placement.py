@@ -19,6 +19,29 @@ from autoscaler.gpus.topology import Link, LinkKind, Topology, load_topology_fil
 log = logging.getLogger("gpufleet.gpus")
 
 
+def choose_gpus(topo: Topology, blocked: Iterable[str], k: int, *, model: str | None = None,
+                min_memory_mb: int = 0, min_link: LinkKind | None = None,
+                host_cpus: frozenset[int] | None = None) -> Placement | None:
+    """The GPUs (and NUMA-local cores) for a k-GPU replica, none of them `blocked`. Pure.
+
+    host_cpus: the cores this host has (None: virtual slots, no CPU pinning).
+    """
+    if k == 0:
+        return Placement(())
+    blocked = set(blocked)
+    idx = {g.index for g in topo.gpus if g.id in blocked}
+    a = allocate(topo, Request(k=k, model=model, min_memory_mb=min_memory_mb, min_link=min_link), idx)
+    if a is None:
+        return None
+    ids = tuple(topo.gpus[i].id for i in a.gpus)
+    cpus: set[int] = set()
+    for i in a.gpus:
+        cpus.update(topo.gpus[i].cpus)
+    local = tuple(sorted(cpus & host_cpus)) if host_cpus is not None else ()
+    note = f"weakest link {a.weakest}" if a.weakest else "single GPU"
+    return Placement(ids, local, note)
+
+
 class TopologyPlacer:
     def __init__(self, topo: Topology, nvml: Any | None = None, host_cpus: set[int] | None = None) -> None:
         self.topo = topo
@@ -37,20 +60,8 @@ class TopologyPlacer:
 
     def place(self, k: int, used: Iterable[str], *, model: str | None = None,
               min_memory_mb: int = 0, min_link: LinkKind | None = None) -> Placement | None:
-        if k == 0:
-            return Placement(())
-        blocked = set(used) | set(self.cordoned)
-        idx = {g.index for g in self.topo.gpus if g.id in blocked}
-        a = allocate(self.topo, Request(k=k, model=model, min_memory_mb=min_memory_mb, min_link=min_link), idx)
-        if a is None:
-            return None
-        ids = tuple(self.topo.gpus[i].id for i in a.gpus)
-        cpus: set[int] = set()
-        for i in a.gpus:
-            cpus.update(self.topo.gpus[i].cpus)
-        local = tuple(sorted(cpus & self.host_cpus)) if not self.virtual else ()
-        note = f"weakest link {a.weakest}" if a.weakest else "single GPU"
-        return Placement(ids, local, note)
+        return choose_gpus(self.topo, set(used) | set(self.cordoned), k, model=model, min_memory_mb=min_memory_mb,
+                           min_link=min_link, host_cpus=None if self.virtual else frozenset(self.host_cpus))
 
     def health_check(self) -> dict[str, str]:
         """Cordon GPUs whose NVML calls now fail; returns the new ones."""

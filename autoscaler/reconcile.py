@@ -1,0 +1,301 @@
+"""One control-loop tick as one pure step.
+
+    reconcile(config, snapshot, states, now) -> Reconciled(actions, states, routes, events)
+
+The controller observes the fleet once into an immutable `Snapshot` (replicas
+with their roles, health and recent metric samples; what nginx has loaded; the
+GPUs), calls this, and applies the actions in order. No I/O, no clock reads,
+no globals: the live loop, the unit tests and the simulator run this same code.
+
+What a tick decides, in order (each rule is one block below):
+1. evict: a replica whose process/container exited, or that failed its health
+   checks `unhealthy_after` times in a row, is stopped;
+2. promote: a loading replica whose /ready answered becomes what it was
+   started for (active or warm);
+3. finish drains: a draining replica that nginx no longer routes and that is
+   empty (or timed out) is demoted to warm if the pool wants one, else stopped;
+4. per pool: the signals of its routed replicas → the policy → the planner's
+   actions (activate warm first, retarget loading replicas, cold-start the
+   rest, drain the surplus, trim the warm pool), with GPUs placed for each
+   start by the topology-aware allocator;
+5. routes: which replicas nginx should route to, newest-activated first.
+
+A replica with a removal in flight (`stopping`) takes part in nothing but
+still holds its GPUs: they are not handed out until it is gone.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from autoscaler.config import FleetConfig, PoolConfig
+from autoscaler.gateway.render import PoolRoute
+from autoscaler.gpus.placement import choose_gpus
+from autoscaler.gpus.topology import LinkKind, Topology
+from autoscaler.planner import ReplicaView, drain_finished, plan
+from autoscaler.policy import Decision, PolicyState, PoolView, decide
+from autoscaler.runtime.base import ReplicaSpec, Role
+from autoscaler.signals import PoolSignals, ReplicaSample, pool_signals
+
+HISTORY_S = 120.0  # pool signal history kept for the policy (≥ its longest metric window)
+
+# decide(pool, signals, view, state, now) -> Decision: gpufleet's policy, or a baseline's.
+Policy = Callable[[PoolConfig, Sequence[PoolSignals], PoolView, Any, float], Decision]
+
+
+@dataclass(frozen=True)
+class ReplicaObs:
+    """One replica as observed this tick."""
+
+    id: str
+    pool: str
+    role: Role
+    target_role: Role
+    created_at: float
+    role_since: float
+    alive: bool = True  # process/container running
+    ready: bool = False  # /ready answered (loading replicas); scrapes answering (others)
+    failures: int = 0  # consecutive failed scrapes
+    last_error: str | None = None
+    gpus: tuple[str, ...] = ()
+    config_hash: str = ""
+    upstream: str = ""
+    samples: tuple[ReplicaSample, ...] = ()  # recent scrapes, oldest first
+    stopping: bool = False  # a removal is in flight
+
+    @property
+    def load(self) -> float:
+        if not self.samples:
+            return 0.0
+        s = self.samples[-1]
+        return s.running + s.waiting
+
+
+@dataclass(frozen=True)
+class GpuView:
+    topo: Topology
+    cordoned: frozenset[str] = frozenset()
+    host_cpus: frozenset[int] | None = None  # None: virtual slots, no CPU pinning
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    now: float
+    replicas: tuple[ReplicaObs, ...]
+    gpus: GpuView
+    routed: frozenset[str] = frozenset()  # replica ids in the config nginx last loaded
+    gateway_pending: bool = False  # a route change waits for its reload
+
+
+@dataclass(frozen=True)
+class PoolState:
+    """What the loop remembers of a pool between ticks (rebuilt from the fleet after a restart)."""
+
+    policy: Any = None  # the policy's own state (PolicyState for gpufleet's); None: not started
+    signals: tuple[PoolSignals, ...] = ()
+    decision: Decision | None = None
+    no_capacity: str | None = None
+
+
+ActionKind = Literal["stop", "promote", "activate", "retarget", "drain", "demote", "start"]
+
+
+@dataclass(frozen=True)
+class Action:
+    """One thing to do. Role changes are written to the runtime first; stops and starts are slow."""
+
+    kind: ActionKind
+    pool: str
+    replica: str | None = None  # None for start
+    role: Role | None = None  # the role it gets (for start: what it becomes once ready)
+    target: Role | None = None  # the role a loading replica is retargeted to
+    reason: str = ""
+    spec: ReplicaSpec | None = None  # start only
+    detail: Mapping[str, Any] = field(default_factory=dict)  # extra event fields
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    pool: str | None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    actions: tuple[Action, ...]
+    states: Mapping[str, PoolState]
+    routes: tuple[PoolRoute, ...]
+    route_ids: frozenset[str]  # the replicas those routes name
+    events: tuple[Event, ...] = ()
+
+
+def replica_argv(pool: PoolConfig) -> tuple[str, ...]:
+    if pool.engine == "command":
+        assert pool.command is not None
+        return tuple(a.replace("{model}", pool.model) for a in pool.command)
+    s = pool.sim
+    argv = [sys.executable, "-m", "inference", "--host", "{host}", "--port", "{port}",
+            "--model", pool.model, "--profile", s.profile, "--replica-id", "{replica_id}"]
+    for flag, val in (("--load-time", s.load_time_s), ("--max-num-seqs", s.max_num_seqs),
+                      ("--step-base", s.step_base_s), ("--step-per-seq", s.step_per_seq_s),
+                      ("--kv-capacity", s.kv_capacity_tokens)):
+        if val is not None:
+            argv += [flag, str(val)]
+    return tuple(argv)
+
+
+def _view(r: ReplicaObs) -> ReplicaView:
+    return ReplicaView(r.id, r.role, r.target_role, r.ready, r.load, r.created_at, r.role_since)
+
+
+def reconcile(
+    cfg: FleetConfig,
+    snap: Snapshot,
+    states: Mapping[str, PoolState],
+    now: float,
+    policy: Policy = decide,
+    initial_state: Callable[[PoolConfig, int], Any] | None = None,
+) -> Reconciled:
+    """The whole decision of one tick; see the module docstring for the rules.
+
+    policy / initial_state: gpufleet's `decide` by default; the simulator passes a
+    baseline's (its state starts from initial_state(pool, routed replicas)).
+    """
+    acts: list[Action] = []
+    events: list[Event] = []
+    live: dict[str, ReplicaObs] = {r.id: r for r in snap.replicas if not r.stopping}
+
+    def change(r: ReplicaObs, role: Role, target: Role | None = None) -> None:
+        live[r.id] = replace(r, role=role, target_role=target or role, role_since=now)
+
+    def stop(r: ReplicaObs, why: str) -> None:
+        acts.append(Action("stop", r.pool, r.id, reason=why, detail={"role": r.role}))
+        del live[r.id]
+
+    # 1-2. Dead or failing replicas go first, so that the policy sees the truth; then promotions.
+    for r in list(live.values()):
+        if not r.alive:
+            stop(r, "process/container exited")
+        elif r.role != "starting" and r.failures >= cfg.unhealthy_after:
+            stop(r, f"failed {r.failures} health checks: {r.last_error}")
+        elif r.role == "starting" and r.ready:
+            acts.append(Action("promote", r.pool, r.id, role=r.target_role, reason="ready",
+                               detail={"load_s": round(now - r.created_at, 3)}))
+            change(r, r.target_role)
+
+    # 3. Drains that are done: demote to warm if the pool wants one, else stop.
+    settle = max(1.0, 2 * cfg.gateway.reload_min_interval_s)
+    for p in cfg.pools:
+        st = states.get(p.name)
+        want_warm = st.decision.desired_warm if st and st.decision else 0
+        warm_now = sum(1 for r in live.values() if r.pool == p.name and r.role == "warm")
+        for r in sorted((r for r in live.values() if r.pool == p.name and r.role == "draining"),
+                        key=lambda r: r.role_since):
+            why = drain_finished(_view(r), now, p.drain_timeout_s, settle)
+            if why is None:
+                continue
+            timed_out = now - r.role_since >= p.drain_timeout_s
+            # Empty is not drained while nginx may still send it a request.
+            if not timed_out and (snap.gateway_pending or r.id in snap.routed):
+                continue
+            if warm_now < want_warm and r.ready and r.config_hash == p.config_hash():
+                acts.append(Action("demote", p.name, r.id, role="warm", reason=why))
+                change(r, "warm")
+                warm_now += 1
+            else:
+                stop(r, why)
+
+    # 4. The policy and the plan, pool by pool; GPUs held by anything observed stay held.
+    used = {g for r in snap.replicas for g in r.gpus}
+    new_states = dict(states)
+    for p in cfg.pools:
+        st, pool_acts, pool_events = _pool_step(cfg, p, live, states.get(p.name, PoolState()), snap, used, now,
+                                                policy, initial_state)
+        new_states[p.name] = st
+        events += pool_events
+        for a in pool_acts:
+            acts.append(a)
+            r = live.get(a.replica or "")
+            if r is None:
+                continue
+            if a.kind == "activate":
+                change(r, "active")
+            elif a.kind == "drain":
+                change(r, "draining")
+            elif a.kind == "retarget":
+                live[r.id] = replace(r, target_role=a.target or r.target_role, role_since=now)
+            elif a.kind == "stop":
+                del live[r.id]
+
+    # 5. Routes: active, alive and answering; newest-activated first, because right after a reload
+    # every nginx worker breaks least_conn ties in list order, and the new replica has nothing to do.
+    routes = []
+    ids: set[str] = set()
+    for p in cfg.pools:
+        routed = sorted((r for r in live.values() if r.pool == p.name and r.role == "active" and r.ready),
+                        key=lambda r: (-r.role_since, r.upstream))
+        ids.update(r.id for r in routed)
+        routes.append(PoolRoute(p.name, p.model, tuple(r.upstream for r in routed), p.fallback))
+    return Reconciled(tuple(acts), new_states, tuple(routes), frozenset(ids), tuple(events))
+
+
+def _pool_step(
+    cfg: FleetConfig, p: PoolConfig, live: Mapping[str, ReplicaObs], st: PoolState, snap: Snapshot,
+    used: set[str], now: float, policy: Policy, initial_state: Callable[[PoolConfig, int], Any] | None,
+) -> tuple[PoolState, list[Action], list[Event]]:
+    mine = [r for r in live.values() if r.pool == p.name]
+    routed = [r for r in mine if r.role == "active" and r.ready]
+    sig = pool_signals(now, [r.samples for r in routed], p.behavior.metric_window_s)
+    history = tuple(s for s in st.signals if s.t >= now - HISTORY_S) + (sig,)
+    view = PoolView(
+        active=len(routed),
+        warm=sum(1 for r in mine if r.role == "warm"),
+        starting=sum(1 for r in mine if r.role == "starting"),
+        draining=sum(1 for r in mine if r.role == "draining"),
+    )
+    pstate = st.policy
+    if pstate is None:
+        # After a restart: start from what is routed, not from min_replicas.
+        start = min(max(view.active, p.min_replicas), p.max_replicas)
+        pstate = initial_state(p, start) if initial_state else PolicyState(desired=start)
+    d = policy(p, history, view, pstate, now)
+    events: list[Event] = []
+    prev = st.decision
+    if prev is None or (prev.desired_active, prev.desired_warm, prev.panic) != (
+            d.desired_active, d.desired_warm, d.panic):
+        events.append(Event("decision", p.name, {
+            "desired_active": d.desired_active, "desired_warm": d.desired_warm, "panic": d.panic,
+            "reason": d.reason, "active": view.active, "warm": view.warm}))
+
+    acts: list[Action] = []
+    no_capacity = None
+    for a in plan(d.desired_active, d.desired_warm, [_view(r) for r in mine]):
+        if a.kind == "activate":
+            acts.append(Action("activate", p.name, a.replica, role="active", reason=a.reason))
+        elif a.kind == "retarget":
+            acts.append(Action("retarget", p.name, a.replica, role="starting", target=a.role, reason=a.reason))
+        elif a.kind == "drain":
+            acts.append(Action("drain", p.name, a.replica, role="draining", reason=a.reason))
+        elif a.kind == "stop":
+            r = live[a.replica or ""]
+            acts.append(Action("stop", p.name, a.replica, reason=a.reason, detail={"role": r.role}))
+        elif a.kind == "start" and a.role:
+            placed = choose_gpus(
+                snap.gpus.topo, used | snap.gpus.cordoned, p.gpus_per_replica, model=p.gpu_model,
+                min_memory_mb=p.gpu_min_memory_mb,
+                min_link=LinkKind[p.gpu_min_link] if p.gpu_min_link else None, host_cpus=snap.gpus.host_cpus)
+            if placed is None:
+                no_capacity = f"no free GPUs for a {p.gpus_per_replica}-GPU replica"
+                break
+            used.update(placed.gpus)
+            spec = ReplicaSpec(pool=p.name, model=p.model, argv=replica_argv(p), config_hash=p.config_hash(),
+                               target_role=a.role, gpus=placed.gpus, cpus=placed.cpus, image=p.image)
+            acts.append(Action("start", p.name, None, role=a.role, reason=a.reason, spec=spec,
+                               detail={"placement": placed.note}))
+    if no_capacity is not None and no_capacity != st.no_capacity:
+        events.append(Event("no_capacity", p.name, {"reason": no_capacity}))
+    return PoolState(d.state, history, d, no_capacity), acts, events

@@ -1,0 +1,92 @@
+"""`/status` as one typed model: the admin API serves it, `scale-test` and the
+tests read it, the simulator writes its timeline in it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from autoscaler.runtime.base import Role
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReplicaStatus(_M):
+    id: str
+    role: Role
+    target_role: Role
+    ready: bool
+    gpus: list[str]
+    url: str
+    upstream: str
+    created_at: float
+    role_since: float
+    load: float  # running + waiting at the last scrape
+
+
+class SignalsStatus(_M):
+    ready: int
+    running: float
+    waiting: float
+    kv_cache_usage: float
+    ttft_p95_s: float | None
+    request_rate: float | None
+
+
+class PoolStatus(_M):
+    model: str
+    desired_active: int | None
+    desired_warm: int | None
+    panic: bool
+    reason: str | None
+    no_capacity: str | None
+    signals: SignalsStatus | None
+    replicas: list[ReplicaStatus]
+
+
+class GpuDevice(_M):
+    index: int
+    id: str
+    name: str
+    memory_mb: int
+    numa: list[int]
+    held_by: str | None
+    cordoned: str | None
+
+
+class GpuStatus(_M):
+    source: str
+    devices: list[GpuDevice]
+
+
+class GatewayStatus(_M):
+    reloads: int
+    errors: int
+    last_error: str | None
+    last_reload_at: float | None
+    last_reload_s: float | None
+
+
+class EventStatus(BaseModel):
+    """A controller event: when, what, which pool, and the kind's own fields (replica, reason, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+    t: float
+    kind: str
+    pool: str | None = None
+
+
+class FleetStatus(_M):
+    gpus: GpuStatus
+    time: float
+    runtime: str
+    ticks: int
+    pools: dict[str, PoolStatus]
+    gateway: GatewayStatus
+    events: list[EventStatus]
+
+    def as_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")

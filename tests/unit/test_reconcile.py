@@ -1,0 +1,236 @@
+"""reconcile(): one rule per test, as a table — a snapshot in, the actions and routes out.
+
+Every rule the controller's tick used to apply inline (evict, promote, finish
+drain, demote, policy, plan, placement, routes) is covered here without a
+process, a socket or a clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from autoscaler.config import parse_config
+from autoscaler.gpus.topology import Link, LinkKind, uniform_topology
+from autoscaler.policy import PolicyState
+from autoscaler.reconcile import GpuView, PoolState, ReplicaObs, Snapshot, reconcile
+from autoscaler.signals import ReplicaSample
+
+NOW = 1000.0
+
+
+def fleet(**pool: Any):
+    p: dict[str, Any] = {"name": "chat", "model": "m", "gpus_per_replica": 1, "min_replicas": 1, "max_replicas": 4,
+                         "warm_pool": {"min": 0, "max": 0}, "targets": {"concurrency": 4},
+                         "drain_timeout_s": 30}
+    p.update(pool)
+    return parse_config({"pools": [p], "gpus": {"source": "none"}, "unhealthy_after": 3})
+
+
+def sample(load: float = 0.0, t: float = NOW - 0.1) -> ReplicaSample:
+    return ReplicaSample(t=t, running=load, waiting=0.0, kv_usage=0.0, ttft_buckets=(), requests_total=0.0)
+
+
+def rep(rid: str, role: str = "active", *, target: str | None = None, load: float = 0.0, since: float = 0.0,
+        gpu: int | None = None, **kw: Any) -> ReplicaObs:
+    base: dict[str, Any] = dict(id=rid, pool="chat", role=role, target_role=target or role, created_at=0.0,
+                                role_since=since, alive=True, ready=role != "starting", upstream=f"10.0.0.{rid}:8000",
+                                gpus=(f"vslot{gpu}",) if gpu is not None else (), samples=(sample(load),),
+                                config_hash=fleet().pools[0].config_hash())
+    base.update(kw)
+    return ReplicaObs(**base)
+
+
+def snap(*reps: ReplicaObs, routed: set[str] | None = None, pending: bool = False, slots: int = 4,
+         cordoned: frozenset[str] = frozenset()) -> Snapshot:
+    routed = {r.id for r in reps if r.role == "active"} if routed is None else routed
+    return Snapshot(now=NOW, replicas=tuple(reps), gpus=GpuView(uniform_topology(slots, Link(LinkKind.PHB)), cordoned),
+                    routed=frozenset(routed), gateway_pending=pending)
+
+
+def steady(desired: int, warm: int = 0) -> dict[str, PoolState]:
+    """A pool that has been running at `desired` for a while (no change pending)."""
+    from autoscaler.policy import Decision
+
+    st = PolicyState(desired=desired, changes=((0.0, desired),), recommendations=((NOW - 10, desired),))
+    return {"chat": PoolState(policy=st, decision=Decision(desired, warm, False, "steady", st))}
+
+
+def acts(out) -> list[tuple]:
+    return [(a.kind, a.replica, a.role) for a in out.actions]
+
+
+def servers(out) -> tuple[str, ...]:
+    return out.routes[0].servers
+
+
+# ---- 1. evict -------------------------------------------------------------------------------
+
+
+def test_a_dead_replica_is_stopped_and_not_routed():
+    out = reconcile(fleet(), snap(rep("1", gpu=0), rep("2", gpu=1, alive=False)), steady(2), NOW)
+    assert ("stop", "2", None) in acts(out)
+    assert next(a for a in out.actions if a.replica == "2").reason == "process/container exited"
+    assert servers(out) == ("10.0.0.1:8000",)
+
+
+def test_a_replica_failing_its_health_checks_is_stopped_but_a_loading_one_is_not():
+    failing = rep("2", gpu=1, failures=3, last_error="ReadTimeout", ready=False)
+    loading = rep("3", "starting", target="active", gpu=2, failures=5)
+    out = reconcile(fleet(), snap(rep("1", gpu=0), failing, loading), steady(3), NOW)
+    stops = [a for a in out.actions if a.kind == "stop"]
+    assert [a.replica for a in stops] == ["2"]
+    assert "failed 3 health checks: ReadTimeout" in stops[0].reason
+
+
+def test_two_failed_scrapes_are_not_yet_an_eviction():
+    out = reconcile(fleet(), snap(rep("1", gpu=0), rep("2", gpu=1, failures=2)), steady(2), NOW)
+    assert not [a for a in out.actions if a.kind == "stop"]
+
+
+# ---- 2. promote -----------------------------------------------------------------------------
+
+
+def test_a_ready_loading_replica_becomes_its_target_role_and_is_routed_at_once():
+    loaded = rep("2", "starting", target="active", gpu=1, ready=True, created_at=990.0)
+    out = reconcile(fleet(), snap(rep("1", gpu=0, since=10.0), loaded), steady(2), NOW)
+    promote = next(a for a in out.actions if a.kind == "promote")
+    assert (promote.replica, promote.role, promote.detail["load_s"]) == ("2", "active", 10.0)
+    assert servers(out) == ("10.0.0.2:8000", "10.0.0.1:8000"), "newest-activated first"
+
+
+def test_a_loading_replica_not_ready_yet_is_left_alone_and_not_routed():
+    out = reconcile(fleet(), snap(rep("1", gpu=0), rep("2", "starting", target="active", gpu=1)), steady(2), NOW)
+    assert acts(out) == []
+    assert servers(out) == ("10.0.0.1:8000",)
+
+
+def test_a_ready_warm_target_becomes_warm_and_is_not_routed():
+    loaded = rep("2", "starting", target="warm", gpu=1, ready=True)
+    out = reconcile(fleet(warm_pool={"min": 1, "max": 1}), snap(rep("1", gpu=0), loaded), steady(1, warm=1), NOW)
+    assert ("promote", "2", "warm") in acts(out)
+    assert servers(out) == ("10.0.0.1:8000",)
+
+
+# ---- 3. finish drains ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("load", "since", "routed", "pending", "done"), [
+    (0, NOW - 5, set(), False, True),           # empty, unrouted, settled: done
+    (2, NOW - 5, set(), False, False),          # still has requests
+    (0, NOW - 0.5, set(), False, False),        # within the settle time of a reload
+    (0, NOW - 5, {"2"}, False, False),          # nginx still routes it: not drained yet
+    (0, NOW - 5, set(), True, False),           # a reload is pending
+    (3, NOW - 31, {"2"}, True, True),           # drain timeout: goes whatever is left
+])
+def test_a_drain_finishes_only_when_nginx_no_longer_routes_an_empty_replica(load, since, routed, pending, done):
+    d = rep("2", "draining", gpu=1, load=load, since=since)
+    out = reconcile(fleet(), snap(rep("1", gpu=0), d, routed={"1", *routed}, pending=pending), steady(1), NOW)
+    assert (("stop", "2", None) in acts(out)) == done
+
+
+def test_a_drained_replica_is_demoted_when_the_pool_wants_a_warm_one():
+    d = rep("2", "draining", gpu=1, since=NOW - 5)
+    out = reconcile(fleet(warm_pool={"min": 1, "max": 1}), snap(rep("1", gpu=0), d), steady(1, warm=1), NOW)
+    assert ("demote", "2", "warm") in acts(out)
+    assert not [a for a in out.actions if a.kind == "start"], "the demoted replica fills the warm pool"
+
+
+def test_a_drained_replica_of_an_old_config_is_stopped_not_demoted():
+    d = rep("2", "draining", gpu=1, since=NOW - 5, config_hash="old")
+    out = reconcile(fleet(warm_pool={"min": 1, "max": 1}), snap(rep("1", gpu=0), d), steady(1, warm=1), NOW)
+    assert ("stop", "2", None) in acts(out)
+
+
+# ---- 4. policy, plan, placement -------------------------------------------------------------
+
+
+def test_scale_up_activates_the_warm_replica_first_and_routes_it_first():
+    pool = fleet(warm_pool={"min": 1, "max": 1})
+    busy = rep("1", gpu=0, load=12)
+    out = reconcile(pool, snap(busy, rep("2", "warm", gpu=1)), steady(1, warm=1), NOW)
+    kinds = [a.kind for a in out.actions]
+    assert kinds[0] == "activate" and out.actions[0].replica == "2"
+    assert servers(out)[0] == "10.0.0.2:8000"
+    starts = [a for a in out.actions if a.kind == "start"]
+    assert starts and all(a.spec is not None and a.spec.gpus for a in starts)
+    assert {g for a in starts for g in a.spec.gpus}.isdisjoint({"vslot0", "vslot1"})
+
+
+def test_gpus_of_a_replica_still_stopping_are_not_handed_out():
+    stopping = rep("9", "active", gpu=1, stopping=True)
+    out = reconcile(fleet(max_replicas=3), snap(rep("1", gpu=0, load=12), stopping, slots=3), steady(1), NOW)
+    starts = [a for a in out.actions if a.kind == "start"]
+    assert [a.spec.gpus for a in starts] == [("vslot2",)]
+    assert not [a for a in out.actions if a.replica == "9"], "a replica being stopped is not stopped again"
+    assert [e.kind for e in out.events].count("no_capacity") == 1
+
+
+def test_no_capacity_is_reported_once_not_every_tick():
+    s = snap(rep("1", gpu=0, load=12), slots=1)
+    first = reconcile(fleet(), s, steady(1), NOW)
+    assert [e.detail["reason"] for e in first.events if e.kind == "no_capacity"] == \
+        ["no free GPUs for a 1-GPU replica"]
+    second = reconcile(fleet(), replace(s, now=NOW + 1), first.states, NOW + 1)
+    assert not [e for e in second.events if e.kind == "no_capacity"]
+
+
+def test_cordoned_gpus_are_never_placed():
+    out = reconcile(fleet(), snap(rep("1", gpu=0, load=12), slots=3, cordoned=frozenset({"vslot1"})), steady(1), NOW)
+    assert [a.spec.gpus for a in out.actions if a.kind == "start"] == [("vslot2",)]
+
+
+def test_scale_down_drains_and_unroutes_the_least_loaded():
+    pool = fleet(behavior={"scale_down": {"stabilization_s": 0, "policies": []}})
+    reps = (rep("1", gpu=0, load=2), rep("2", gpu=1, load=0))
+    out = reconcile(pool, snap(*reps), steady(2), NOW)
+    assert acts(out) == [("drain", "2", "draining")]
+    assert servers(out) == ("10.0.0.1:8000",)
+
+
+def test_after_a_restart_the_policy_starts_from_what_is_routed_not_from_min():
+    reps = (rep("1", gpu=0, load=4), rep("2", gpu=1, load=4), rep("3", gpu=2, load=4))
+    out = reconcile(fleet(), snap(*reps), {}, NOW)
+    assert out.states["chat"].decision.desired_active == 3
+    assert not [a for a in out.actions if a.kind in ("drain", "stop")]
+
+
+def test_a_decision_event_only_when_the_decision_changes():
+    s = snap(rep("1", gpu=0, load=4))
+    first = reconcile(fleet(), s, {}, NOW)
+    assert [e.kind for e in first.events] == ["decision"]
+    again = reconcile(fleet(), replace(s, now=NOW + 1), first.states, NOW + 1)
+    assert again.events == ()
+
+
+def test_signals_come_from_routed_replicas_only():
+    # the warm replica's load (it has none, but say it had) must not count; two routed at 4 each = target
+    reps = (rep("1", gpu=0, load=4), rep("2", gpu=1, load=4), rep("3", "warm", gpu=2, load=50))
+    out = reconcile(fleet(warm_pool={"min": 1, "max": 1}), snap(*reps), steady(2, warm=1), NOW)
+    sig = out.states["chat"].signals[-1]
+    assert (sig.ready, sig.running) == (2, 8)
+    assert acts(out) == []
+
+
+def test_a_loading_replica_is_retarget_to_warm_when_demand_falls():
+    pool = fleet(warm_pool={"min": 1, "max": 1}, behavior={"scale_down": {"stabilization_s": 0, "policies": []}})
+    reps = (rep("1", gpu=0, load=1), rep("2", "starting", target="active", gpu=1))
+    out = reconcile(pool, snap(*reps), steady(2, warm=1), NOW)
+    assert ("retarget", "2", "starting") in acts(out)
+    assert next(a for a in out.actions if a.kind == "retarget").target == "warm"
+
+
+def test_pools_are_reconciled_independently():
+    cfg = parse_config({"gpus": {"source": "none"}, "pools": [
+        {"name": "a", "model": "ma", "gpus_per_replica": 1, "warm_pool": {"min": 0, "max": 0},
+         "targets": {"concurrency": 4}},
+        {"name": "b", "model": "mb", "gpus_per_replica": 1, "warm_pool": {"min": 0, "max": 0},
+         "targets": {"concurrency": 4}}]})
+    a = replace(rep("1", gpu=0, alive=False), pool="a")
+    b = replace(rep("2", gpu=1, load=1), pool="b")
+    out = reconcile(cfg, snap(a, b), {}, NOW)
+    assert [r.servers for r in out.routes] == [(), ("10.0.0.2:8000",)]
+    assert ("stop", "1", None) in acts(out)
+    assert [(a.kind, a.pool) for a in out.actions if a.kind == "start"] == [("start", "a")]
