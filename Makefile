@@ -7,7 +7,7 @@ OFFLINE ?=
 SCENARIO ?= default
 COMPOSE := docker compose -f compose/compose.yaml $(if $(OFFLINE),-f compose/compose.offline.yaml)
 
-.PHONY: install test test-unit test-e2e lint up down up-local offline-images scale-test bench clean
+.PHONY: install test test-unit test-e2e lint up down up-local offline-images scale-test simulate bench clean
 
 install:
 	python3 -m venv $(VENV)
@@ -39,6 +39,10 @@ offline-images:
 
 scale-test:
 	$(VENV)/bin/gpufleet scale-test $(SCENARIO)
+
+# The same scenario through the simulator, next to the baselines (CONFIG= for your fleet).
+simulate:
+	$(VENV)/bin/gpufleet simulate $(SCENARIO) $(if $(CONFIG),--config $(CONFIG)) --compare
 
 up-local:
 	$(VENV)/bin/gpufleet up --local $(if $(CONFIG),--config $(CONFIG))

@@ -118,6 +118,72 @@ def _scale_test(args: argparse.Namespace) -> int:
     return 0 if summary["slo_met"] else 1
 
 
+def _trace_scenario(path: Path, cfg: object, args: argparse.Namespace) -> tuple[object, Path]:
+    """A trace file given as is: replay it whole, at its own times, lengths capped to the model's context."""
+    from autoscaler.scaletest.scenario import Scenario
+    from autoscaler.scaletest.traces import load_trace
+    from autoscaler.sim.run import pool_profile
+
+    pool = cfg.pool(args.pool) if args.pool else cfg.pools[0]  # type: ignore[attr-defined]
+    ctx = pool_profile(pool).max_model_len
+    reqs = load_trace(path)
+    if not reqs:
+        raise ConfigError(f"{path}: no requests in the trace")
+    out_cap = min(1000, ctx // 4)
+    sc = Scenario(name=path.stem, description=f"the trace {path.name}, replayed whole",
+                  duration_s=min(7200.0, reqs[-1].t + 1.0),
+                  profile={"type": "trace", "path": path.resolve()}, max_prompt_tokens=ctx - out_cap,
+                  max_output_tokens=out_cap, max_in_flight=4096,
+                  slo={"ttft_p95_s": args.slo_ttft, "e2e_p95_s": args.slo_e2e})
+    return sc, path.resolve().parent
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    import json
+
+    from autoscaler.scaletest.report import format_summary, summarize
+    from autoscaler.scaletest.runner import Run, write_report
+    from autoscaler.scaletest.scenario import arrivals, load_scenario
+    from autoscaler.sim.compare import compare, format_table, plot_compare, public
+    from autoscaler.sim.run import simulate
+
+    cfg = load_config(args.config)
+    if Path(args.scenario).suffix in (".csv", ".jsonl") and Path(args.scenario).is_file():
+        sc, base = _trace_scenario(Path(args.scenario), cfg, args)
+    else:
+        sc, base = load_scenario(args.scenario)
+    if args.duration is not None:
+        sc = sc.model_copy(update={"duration_s": args.duration})
+    if args.pool is not None and args.pool not in {p.name for p in cfg.pools}:
+        raise ConfigError(f"--pool {args.pool!r}: no such pool (pools: {', '.join(p.name for p in cfg.pools)})")
+    arr = arrivals(sc, base)
+    out = args.out or Path("reports") / f"sim-{sc.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    if args.compare:
+        res = compare(cfg, sc, arr, pool=args.pool)
+        table = format_table(res)
+        print(table)
+        (out / "summary.txt").write_text(table + "\n")
+        doc = json.dumps(public(res), indent=1)
+        (out / "comparison.json").write_text(doc)
+        if args.json:
+            args.json.write_text(doc)
+        plot_compare(out / "compare.png", res, arr, f"gpufleet simulate --compare: {sc.name}")
+        print(f"report: {out}/comparison.json  {out}/compare.png")
+        return 0
+    sim = simulate(cfg, arr, pool=args.pool, duration_s=sc.duration_s)
+    extra = {"model": cfg.pool(sim.pool).model, "started_at": 0.0, "scheduled": len(arr), "simulated": True,
+             "sim_wall_s": round(sim.wall_s, 3)}
+    summary = summarize(sc, sim.results, sim.timeline, 0.0, sim.end_s, sim.pool, extra)
+    run = Run(sc, "simulated", "simulated", timeline=sim.timeline, results=sim.results)
+    write_report(run, summary, out)
+    print(format_summary(summary))
+    print(f"simulated {len(arr)} requests in {sim.wall_s:.2f} s; report: {out}/report.json  {out}/timeline.png")
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=1))
+    return 0 if summary["slo_met"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gpufleet", description="Elastic LLM serving on one GPU host.")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -153,6 +219,21 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--out", type=Path, default=None, help="report folder (default reports/<scenario>-<time>)")
     st.add_argument("--duration", type=float, default=None, help="override the scenario's duration (s)")
     st.set_defaults(func=_scale_test)
+    sm = sub.add_parser("simulate", help="replay a scenario or trace through a simulated fleet "
+                        "(the real reconcile on simulated time); --compare runs the baselines too")
+    sm.add_argument("scenario", nargs="?", default="default",
+                    help="a scenario YAML file, a shipped scenario's name, or a trace file (Azure CSV, Mooncake JSONL)")
+    sm.add_argument("--slo-ttft", type=float, default=2.0, help="for a trace file: the TTFT SLO (s)")
+    sm.add_argument("--slo-e2e", type=float, default=30.0, help="for a trace file: the end-to-end SLO (s)")
+    sm.add_argument("--config", type=Path, default=os.environ.get("GPUFLEET_CONFIG") or None,
+                    help="fleet.yaml (default: $GPUFLEET_CONFIG, else the built-in one-pool fleet)")
+    sm.add_argument("--pool", default=None, help="the pool the traffic goes to (default: the first)")
+    sm.add_argument("--compare", action="store_true",
+                    help="also static peak, Kubernetes HPA, KEDA, Knative KPA, AIBrix APA and the clairvoyant bound")
+    sm.add_argument("--json", type=Path, default=None, help="write the summary (or the comparison) as JSON here")
+    sm.add_argument("--out", type=Path, default=None, help="report folder (default reports/sim-<scenario>-<time>)")
+    sm.add_argument("--duration", type=float, default=None, help="override the scenario's duration (s)")
+    sm.set_defaults(func=_simulate)
     return ap
 
 

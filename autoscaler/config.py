@@ -263,4 +263,9 @@ def load_config(path: Path | None) -> FleetConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return parse_config(data, str(path))
+    cfg = parse_config(data, str(path))
+    tf = cfg.gpus.topology_file
+    if tf is not None and not tf.is_absolute() and (Path(path).parent / tf).exists():
+        # relative to the fleet file, as a user reading it would expect (else: to the working directory)
+        cfg = cfg.model_copy(update={"gpus": cfg.gpus.model_copy(update={"topology_file": Path(path).parent / tf})})
+    return cfg

@@ -19,6 +19,8 @@ import httpx
 import pytest
 import yaml
 
+from autoscaler.status import FleetStatus
+
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
@@ -98,6 +100,7 @@ class LocalStack:
         r = httpx.get(f"{self.admin}/status", timeout=5)
         r.raise_for_status()
         st = r.json()
+        FleetStatus.model_validate(st)  # /status is one typed model
         self._remember_pids()
         return st
 

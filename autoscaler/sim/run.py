@@ -1,0 +1,307 @@
+"""`gpufleet simulate`: one host on simulated time, autoscaled by the real `reconcile`.
+
+Arrivals (a scenario or a trace, the same readers as `scale-test`) go through a
+gateway that routes as nginx does (least connections over the routed set, ties
+to the first listed, 503 when a pool has nothing routed) to replicas modelled
+by `SimReplica` with the pool's engine profile. Every `tick_s` the autoscaler
+scrapes every replica, builds the same `Snapshot` the live controller builds,
+and calls `reconcile` — gpufleet's policy or a baseline's — whose actions take
+the profile's lifecycle delays: a start serves after startup + load time, a
+route change after the reload time (reloads debounced as configured), a stop
+holds its GPUs for the stop time and fails whatever it still held.
+
+The output has scale-test's shape: per-request `Result`s and a `/status`
+timeline, so `report.summarize`, `write_report` and the plot work unchanged.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from autoscaler.config import FleetConfig, PoolConfig
+from autoscaler.controller import SAMPLES_KEPT
+from autoscaler.gateway.render import PoolRoute
+from autoscaler.gpus.placement import make_placer
+from autoscaler.policy import decide
+from autoscaler.reconcile import GpuView, PoolState, ReplicaObs, Snapshot, reconcile
+from autoscaler.runtime.base import Role
+from autoscaler.scaletest.loadgen import Arrival, Result
+from autoscaler.signals import ReplicaSample
+from autoscaler.sim.replica import SimReplica, SimRequest
+from inference.engines.profiles import PROFILES, SimProfile
+
+_ARRIVAL, _WAKE, _ROUTES, _GONE, _TICK = range(5)  # order of events at the same instant
+
+
+def pool_profile(pool: PoolConfig) -> SimProfile:
+    s = pool.sim
+    return PROFILES[s.profile].with_overrides(
+        load_time_s=s.load_time_s, max_num_seqs=s.max_num_seqs, step_base_s=s.step_base_s,
+        step_per_seq_s=s.step_per_seq_s, kv_capacity_tokens=s.kv_capacity_tokens)
+
+
+@dataclass
+class _Node:
+    """A replica as the simulated runtime knows it (what Docker labels + the container would say)."""
+
+    rep: SimReplica
+    pool: str
+    role: Role
+    target_role: Role
+    created_at: float
+    role_since: float
+    ready_at: float
+    gpus: tuple[str, ...]
+    config_hash: str
+    samples: deque[ReplicaSample] = field(default_factory=lambda: deque(maxlen=SAMPLES_KEPT))
+    stopping: bool = False
+
+    @property
+    def upstream(self) -> str:
+        return f"{self.rep.id}:8000"
+
+
+@dataclass
+class SimResult:
+    name: str
+    results: list[Result]
+    timeline: list[tuple[float, dict[str, Any]]]
+    events: list[dict[str, Any]]
+    end_s: float
+    wall_s: float
+    pool: str
+
+
+def simulate(
+    cfg: FleetConfig,
+    arrivals: Sequence[Arrival],
+    *,
+    pool: str | None = None,
+    name: str = "gpufleet",
+    policy: Callable[..., Any] = decide,
+    initial_state: Callable[[PoolConfig, int], Any] | None = None,
+    duration_s: float | None = None,
+) -> SimResult:
+    """Replay `arrivals` (all to one pool: `pool`, default the first) through a simulated fleet.
+
+    The fleet starts in the steady state a running stack is in before traffic: min_replicas
+    active and warm_pool.min warm, loaded.
+    """
+    wall0 = time.perf_counter()
+    target = cfg.pool(pool) if pool else cfg.pools[0]
+    profiles = {p.name: pool_profile(p) for p in cfg.pools}
+    ttft_signal = {p.name: any(n == "ttft_p95_s" for n, _ in p.targets.items()) for p in cfg.pools}
+    placer = make_placer(cfg.gpus)
+    gpus = GpuView(placer.topo, frozenset(placer.cordoned))
+    nodes: dict[str, _Node] = {}
+    ids = itertools.count(1)
+    heap: list[tuple[float, int, int, Any]] = []
+    order = itertools.count()
+    results: list[Result] = []
+    timeline: list[tuple[float, dict[str, Any]]] = []
+    events: list[dict[str, Any]] = []
+    done: list[SimRequest] = []
+
+    def push(t: float, kind: int, payload: Any) -> None:
+        heapq.heappush(heap, (t, kind, next(order), payload))
+
+    def new_node(p: PoolConfig, role: Role, target_role: Role, t: float, gpu_ids: tuple[str, ...],
+                 ready_at: float) -> _Node:
+        rid = f"r-{p.name}-{next(ids)}"
+        n = _Node(SimReplica(rid, profiles[p.name]), p.name, role, target_role, t, t, ready_at, gpu_ids,
+                  p.config_hash())
+        nodes[rid] = n
+        return n
+
+    # The steady state before traffic: loaded replicas, already routed.
+    held: set[str] = set()
+    for p in cfg.pools:
+        for i in range(p.min_replicas + p.warm_pool.min):
+            role: Role = "active" if i < p.min_replicas else "warm"
+            placed = _place(gpus, p, held)
+            if placed is None:
+                raise ValueError(f"pool {p.name}: the GPUs do not fit its min_replicas + warm_pool.min")
+            held.update(placed)
+            new_node(p, role, role, -1.0, placed, -1.0)
+    routed: dict[str, list[_Node]] = {p.name: [n for n in nodes.values() if n.pool == p.name and n.role == "active"]
+                                      for p in cfg.pools}
+    routed_ids = frozenset(n.rep.id for ns in routed.values() for n in ns)
+    pending: tuple[PoolRoute, ...] | None = None
+    pending_at: float | None = None
+    requested: tuple[PoolRoute, ...] | None = None
+    last_reload = -math.inf
+    states: dict[str, PoolState] = {}
+
+    reqs = [SimRequest(i, a.at, a.prompt_tokens, max(1, a.max_tokens), a.stream)
+            for i, a in enumerate(sorted(arrivals, key=lambda a: a.at))]
+    for r in reqs:
+        push(r.at, _ARRIVAL, r)
+    end = duration_s if duration_s is not None else (reqs[-1].at if reqs else 0.0)
+    push(cfg.tick_s, _TICK, 1)
+    outstanding = len(reqs)
+
+    version: dict[str, int] = {}  # the one wake event of each replica that counts
+
+    def settle(rep: SimReplica, before: float | None) -> None:
+        if rep.wake_at < math.inf and rep.wake_at != before:
+            version[rep.id] = version.get(rep.id, 0) + 1
+            push(rep.wake_at, _WAKE, (rep, version[rep.id]))
+
+    def finish(batch: list[SimRequest]) -> None:
+        nonlocal outstanding
+        for r in batch:
+            outstanding -= 1
+            results.append(_result(r))
+        batch.clear()
+
+    now = 0.0
+    while heap:
+        now, kind, _, payload = heapq.heappop(heap)
+        if kind == _WAKE:
+            rep, v = payload
+            n = nodes.get(rep.id)
+            if n is None or n.stopping or version.get(rep.id) != v:
+                continue  # superseded
+            rep.wake(now, done)
+            finish(done)
+            settle(rep, None)
+        elif kind == _ARRIVAL:
+            r: SimRequest = payload
+            servers = routed.get(target.name) or []
+            prof = profiles[target.name]
+            if r.kv_need > min(prof.max_model_len, prof.kv_capacity_tokens):
+                r.error, r.done = "HTTP 400", now
+                finish([r])
+                continue
+            if not servers:
+                r.error, r.done = "HTTP 503", now
+                finish([r])
+                continue
+            best = min(servers, key=lambda n: n.rep.load)  # least_conn; ties: first listed
+            before = best.rep.wake_at
+            best.rep.enqueue(r, now, done)
+            finish(done)
+            settle(best.rep, before)
+        elif kind == _ROUTES:
+            if pending is None or pending_at != now:
+                continue
+            by_up = {n.upstream: n for n in nodes.values() if not n.stopping}
+            routed = {p.name: [by_up[s] for s in p.servers if s in by_up] for p in pending}
+            routed_ids = frozenset(n.rep.id for ns in routed.values() for n in ns)
+            pending, pending_at, last_reload = None, None, now
+        elif kind == _GONE:
+            nodes.pop(payload, None)
+        else:  # a control-loop tick
+            tick: int = payload
+            for n in nodes.values():
+                if not n.stopping:
+                    n.samples.append(n.rep.sample(now, ttft_signal[n.pool]))
+            snap = Snapshot(now=now, replicas=tuple(_obs(n, now) for n in nodes.values()), gpus=gpus,
+                            routed=routed_ids, gateway_pending=pending is not None)
+            out = reconcile(cfg, snap, states, now, policy, initial_state)
+            states = dict(out.states)
+            for e in out.events:
+                events.append({"t": now, "kind": e.kind, "pool": e.pool, **e.detail})
+            for a in out.actions:
+                n = nodes.get(a.replica or "")
+                if a.kind == "start" and a.spec is not None:
+                    p = cfg.pool(a.pool)
+                    prof = profiles[p.name]
+                    m = new_node(p, "starting", a.role or "active", now, a.spec.gpus,
+                                 now + prof.startup_s + prof.load_time_s)
+                    events.append({"t": now, "kind": "start", "pool": a.pool, "replica": m.rep.id,
+                                   "target": a.role, "gpus": list(a.spec.gpus), "reason": a.reason})
+                    continue
+                if n is None:
+                    continue
+                if a.kind == "stop":
+                    lost = n.rep.fail_all("stream cut: replica stopped", now)
+                    finish(lost)
+                    n.stopping = True
+                    push(now + profiles[n.pool].stop_s, _GONE, n.rep.id)
+                    for ns in routed.values():  # a stopped process refuses connections at once
+                        if n in ns:
+                            ns.remove(n)
+                elif a.kind == "retarget":
+                    n.target_role, n.role_since = a.target or n.target_role, now
+                elif a.role is not None:
+                    n.role, n.target_role, n.role_since = a.role, a.role, now
+                kind_name = "ready" if a.kind == "promote" else a.kind
+                events.append({"t": now, "kind": kind_name, "pool": a.pool, "replica": a.replica,
+                               "reason": a.reason, **a.detail})
+            if out.routes != requested:
+                requested = out.routes
+                pending = out.routes
+                if pending_at is None:
+                    prof = profiles[target.name]
+                    pending_at = max(now, last_reload + cfg.gateway.reload_min_interval_s) + prof.reload_s
+                    push(pending_at, _ROUTES, None)
+            timeline.append((now, _status(cfg, nodes, states, now, tick, events)))
+            if outstanding > 0 or now + cfg.tick_s <= end + cfg.tick_s:
+                push(now + cfg.tick_s, _TICK, tick + 1)
+    return SimResult(name, sorted(results, key=lambda r: r.at), timeline, events, now,
+                     time.perf_counter() - wall0, target.name)
+
+
+def _place(gpus: GpuView, p: PoolConfig, held: set[str]) -> tuple[str, ...] | None:
+    from autoscaler.gpus.placement import choose_gpus
+
+    placed = choose_gpus(gpus.topo, held | gpus.cordoned, p.gpus_per_replica, model=p.gpu_model,
+                         min_memory_mb=p.gpu_min_memory_mb)
+    return None if placed is None else placed.gpus
+
+
+def _obs(n: _Node, now: float) -> ReplicaObs:
+    return ReplicaObs(
+        id=n.rep.id, pool=n.pool, role=n.role, target_role=n.target_role, created_at=n.created_at,
+        role_since=n.role_since, alive=True, ready=n.role != "starting" or now >= n.ready_at, gpus=n.gpus,
+        config_hash=n.config_hash, upstream=n.upstream, samples=tuple(n.samples), stopping=n.stopping)
+
+
+def _result(r: SimRequest) -> Result:
+    ok = r.error is None
+    status = int(r.error.split()[1]) if r.error and r.error.startswith("HTTP ") else 200
+    e2e = (r.done or r.at) - r.at
+    ttft = (r.first_token - r.at) if (ok and r.stream and r.first_token is not None) else None
+    return Result(at=r.at, sent=r.at, status=status, ok=ok, error=r.error, stream=r.stream, ttft=ttft,
+                  e2e=e2e if status == 200 else None, first_byte_at=r.first_token,
+                  tokens=r.max_tokens if ok else 0)
+
+
+def _status(cfg: FleetConfig, nodes: dict[str, _Node], states: dict[str, PoolState], now: float, tick: int,
+            events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The `/status` document (autoscaler.status.FleetStatus) as the live stack would serve it now."""
+    pools: dict[str, Any] = {}
+    for p in cfg.pools:
+        st = states.get(p.name)
+        d = st.decision if st else None
+        sig = st.signals[-1] if st and st.signals else None
+        pools[p.name] = {
+            "model": p.model,
+            "desired_active": d.desired_active if d else None,
+            "desired_warm": d.desired_warm if d else None,
+            "panic": d.panic if d else False,
+            "reason": d.reason if d else None,
+            "no_capacity": st.no_capacity if st else None,
+            "signals": None if sig is None else {
+                "ready": sig.ready, "running": sig.running, "waiting": sig.waiting,
+                "kv_cache_usage": round(sig.kv_usage, 4), "ttft_p95_s": sig.ttft_p95_s,
+                "request_rate": sig.request_rate},
+            "replicas": [
+                {"id": n.rep.id, "role": n.role, "target_role": n.target_role,
+                 "ready": n.role != "starting" or now >= n.ready_at, "gpus": list(n.gpus),
+                 "url": f"sim://{n.upstream}", "upstream": n.upstream, "created_at": n.created_at,
+                 "role_since": n.role_since, "load": float(n.rep.load)}
+                for n in nodes.values() if n.pool == p.name and not n.stopping],
+        }
+    new_events = [e for e in events[-50:] if e["t"] == now]
+    return {"gpus": {"source": "simulated", "devices": []}, "time": now, "runtime": "simulated", "ticks": tick,
+            "pools": pools, "gateway": {"reloads": 0, "errors": 0, "last_error": None, "last_reload_at": None,
+                                        "last_reload_s": None}, "events": new_events}

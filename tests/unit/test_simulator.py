@@ -1,0 +1,256 @@
+"""The simulator: its replica model against the sim engine's rules, the whole loop on the real
+reconcile, the baselines' documented rules, the clairvoyant bound, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from autoscaler.cli import main
+from autoscaler.config import parse_config
+from autoscaler.policy import PoolView
+from autoscaler.scaletest.loadgen import Arrival, constant_rate
+from autoscaler.scaletest.scenario import Scenario
+from autoscaler.signals import PoolSignals
+from autoscaler.sim.baselines import aibrix_apa, hpa, keda, knative_kpa, static
+from autoscaler.sim.compare import clairvoyant_gpu_seconds, compare, slo_attainment
+from autoscaler.sim.replica import SimReplica, SimRequest
+from autoscaler.sim.run import simulate
+from autoscaler.status import FleetStatus
+from inference.engines.profiles import SimProfile
+
+P = SimProfile(max_num_seqs=2, kv_capacity_tokens=1000, step_base_s=0.1, step_per_seq_s=0.01,
+               prefill_per_token_s=0.001, load_time_s=5.0)
+
+
+def drive(rep: SimReplica, reqs: list[SimRequest]) -> list[SimRequest]:
+    """Enqueue at their times and run the replica's own wake-ups to the end."""
+    done: list[SimRequest] = []
+    pending = sorted(reqs, key=lambda r: r.at)
+    while pending or rep.wake_at < math.inf:
+        if pending and pending[0].at <= rep.wake_at:
+            r = pending.pop(0)
+            rep.enqueue(r, r.at, done)
+        else:
+            rep.wake(rep.wake_at, done)
+    return done
+
+
+def test_one_request_costs_prefill_then_one_step_per_token():
+    r = SimRequest(0, 0.0, prompt=100, max_tokens=3, stream=True)
+    drive(SimReplica("x", P), [r])
+    step = 0.1 + 0.01
+    assert r.first_token == pytest.approx(step + 100 * 0.001)
+    assert r.done == pytest.approx(step + 100 * 0.001 + 2 * step)
+
+
+def test_a_batch_shares_steps_and_a_full_batch_makes_the_next_request_wait():
+    a, b, c = (SimRequest(i, 0.0, prompt=10, max_tokens=2, stream=True) for i in range(3))
+    drive(SimReplica("x", P), [a, b, c])
+    two = 0.1 + 2 * 0.01
+    assert a.first_token == b.first_token == pytest.approx(two + 20 * 0.001)
+    assert a.done == pytest.approx(two + 0.02 + two)
+    assert c.first_token == pytest.approx(a.done + 0.11 + 0.01), "admitted when a slot frees, alone in the batch"
+
+
+def test_kv_capacity_holds_a_request_back_as_the_engine_does():
+    big = SimRequest(0, 0.0, prompt=600, max_tokens=2, stream=True)
+    other = SimRequest(1, 0.0, prompt=600, max_tokens=2, stream=True)
+    drive(SimReplica("x", P), [big, other])
+    assert other.first_token is not None and big.done is not None
+    assert other.first_token > big.done, "600 + 600 tokens do not fit a 1000-token KV cache"
+
+
+def test_a_request_arriving_mid_batch_joins_at_the_next_step_boundary():
+    long = SimRequest(0, 0.0, prompt=0, max_tokens=50, stream=True)
+    late = SimRequest(1, 0.25, prompt=0, max_tokens=1, stream=True)
+    drive(SimReplica("x", P), [long, late])
+    # long alone: steps of 0.11 s end at 0.11, 0.22, 0.33; late joins at 0.33 and takes one step of two
+    assert late.first_token == pytest.approx(0.33 + 0.12)
+
+
+def fleet(**pool):
+    p = {"name": "chat", "model": "m", "engine": "sim", "gpus_per_replica": 1, "min_replicas": 1, "max_replicas": 4,
+         "sim": {"profile": "tiny", "load_time_s": 4.0, "max_num_seqs": 4, "step_base_s": 0.05,
+                 "step_per_seq_s": 0.0},
+         "warm_pool": {"min": 1, "max": 1}, "targets": {"concurrency": 4},
+         "behavior": {"scale_down": {"stabilization_s": 10, "policies": []}}}
+    p.update(pool)
+    return parse_config({"pools": [p], "gpus": {"source": "none", "virtual_slots": 8}})
+
+
+BURST = (constant_rate(2, 0, 20, max_tokens=20) + constant_rate(12, 20, 50, max_tokens=20)
+         + constant_rate(1, 50, 90, max_tokens=20))
+
+
+def test_the_real_reconcile_scales_a_burst_up_by_warm_activation_and_back_down_by_drain():
+    sim = simulate(fleet(), BURST, duration_s=90)
+    kinds = [e["kind"] for e in sim.events]
+    first_activate = next(e for e in sim.events if e["kind"] == "activate")
+    assert 20 <= first_activate["t"] <= 23, "scale-up within a couple of ticks of the burst"
+    assert "start" in kinds and "ready" in kinds and "drain" in kinds
+    assert all(r.ok for r in sim.results), "no request lost: activation first, drain before stop"
+    held = [sum(len(p["replicas"]) for p in st["pools"].values()) for _, st in sim.timeline]
+    assert max(held) >= 4 and held[-1] < max(held)
+    FleetStatus.model_validate(sim.timeline[-1][1])  # the timeline is /status, typed
+
+
+def test_the_simulation_is_deterministic():
+    a, b = simulate(fleet(), BURST, duration_s=90), simulate(fleet(), BURST, duration_s=90)
+    assert [(r.at, r.e2e) for r in a.results] == [(r.at, r.e2e) for r in b.results]
+    assert a.events == b.events
+
+
+def test_without_a_warm_pool_the_burst_waits_for_a_cold_start():
+    warm = simulate(fleet(), BURST, duration_s=90)
+    cold = simulate(fleet(warm_pool={"min": 0, "max": 0}), BURST, duration_s=90)
+
+    def p95(sim):
+        xs = sorted(r.ttft for r in sim.results if r.ttft is not None)
+        return xs[int(0.95 * len(xs))]
+
+    assert p95(cold) > p95(warm) + 1.0
+
+
+def test_no_routed_replica_is_a_503_like_the_gateway():
+    cfg = fleet(min_replicas=0, warm_pool={"min": 0, "max": 0})
+    sim = simulate(cfg, [Arrival(at=0.5, max_tokens=4)], duration_s=3)
+    assert [(r.status, r.ok) for r in sim.results] == [(503, False)]
+
+
+# ---- baselines: each one's documented rule ---------------------------------------------------
+
+def sig(t: float, ready: int, conc: float, waiting: float = 0.0) -> PoolSignals:
+    return PoolSignals(t, ready, conc - waiting, waiting, 0.0, None, None)
+
+
+def pool_of(b, **kw):
+    return b.fleet(fleet(**kw)).pools[0]
+
+
+def test_hpa_decides_only_every_15_s_and_keeps_no_warm_replica():
+    b = hpa()
+    p = pool_of(b, max_replicas=8)
+    st = b.initial_state(p, 1)
+    d = b.policy(p, [sig(0, 1, 4)], PoolView(active=1), st, 0.0)
+    assert d.desired_active == 1
+    d = b.policy(p, [sig(1, 1, 16)], PoolView(active=1), d.state, 1.0)
+    assert d.desired_active == 1, "between syncs nothing changes"
+    d = b.policy(p, [sig(15, 1, 16)], PoolView(active=1), d.state, 15.0)
+    assert (d.desired_active, d.desired_warm) == (4, 0)
+
+
+def test_keda_scales_on_waiting_requests_over_five():
+    b = keda()
+    p = pool_of(b, max_replicas=8)
+    d = b.policy(p, [sig(0, 2, 30, waiting=21)], PoolView(active=2), b.initial_state(p, 2), 0.0)
+    assert d.desired_active == 5  # ceil(21 / 5)
+
+
+def test_knative_panics_on_the_6_s_window_and_does_not_scale_down_in_panic():
+    b = knative_kpa()
+    p = pool_of(b, max_replicas=8)  # container concurrency 4 → target 2.8
+    hist = [sig(t, 1, 2.0) for t in range(60)]
+    d = b.policy(p, hist, PoolView(active=1), b.initial_state(p, 1), 60.0)
+    assert not d.panic and d.desired_active == 1
+    hist += [sig(t, 1, 12.0) for t in range(60, 66)]
+    d = b.policy(p, hist, PoolView(active=1), d.state, 66.0)
+    assert d.panic and d.desired_active == 5  # ceil(12 / 2.8)
+    hist += [sig(t, 5, 2.0) for t in range(66, 70)]
+    d = b.policy(p, hist, PoolView(active=5), d.state, 70.0)
+    assert d.panic and d.desired_active == 5, "in panic the count never goes down"
+
+
+def test_aibrix_doubles_at_most_and_waits_300_s_to_scale_down():
+    b = aibrix_apa()
+    p = pool_of(b, max_replicas=8)
+    d = b.policy(p, [sig(0, 1, 40)], PoolView(active=1), b.initial_state(p, 1), 0.0)
+    assert d.desired_active == 2, "at most ×2 per step"
+    d = b.policy(p, [sig(15, 2, 0.5)], PoolView(active=2), d.state, 15.0)
+    assert d.desired_active == 2, "scale-down cooldown"
+    d = b.policy(p, [sig(315, 2, 0.5)], PoolView(active=2), d.state, 315.0)
+    assert d.desired_active == 1
+
+
+def test_static_holds_its_count():
+    sim = simulate(static(3).fleet(fleet()), BURST, policy=static(3).policy, initial_state=static(3).initial_state,
+                   duration_s=90)
+    held = {sum(len(p["replicas"]) for p in st["pools"].values()) for _, st in sim.timeline[5:]}
+    assert held == {3}
+
+
+# ---- the comparison --------------------------------------------------------------------------
+
+def test_clairvoyant_bound_is_the_work_per_bin_plus_cold_starts():
+    p = fleet(min_replicas=1, max_replicas=8).pools[0]
+    # tiny profile with the overrides: 4 slots, 50 ms steps → 12.5 ms a token at best; prefill 0.02 ms a token
+    arr = [Arrival(at=float(t % 10) + 20.0, prompt_tokens=0, max_tokens=800) for t in range(60)]
+    gpu_s, detail = clairvoyant_gpu_seconds(arr, p, None, 40.0)
+    assert detail["batch"] == 4
+    # 60 × 800 tokens × 12.5 ms = 600 replica-s, all arriving in the bin [20, 30): 60 replicas, capped at 8.
+    # Bins [0,10) .. [40,50): 1, 1, 8, 1, 1 replicas → 120 replica-s, plus 7 cold starts of 1 + 4 s.
+    assert detail["peak_replicas"] == 8
+    assert gpu_s == pytest.approx((1 + 1 + 8 + 1 + 1) * 10 + 7 * (1.0 + 4.0))
+
+
+def test_compare_runs_every_autoscaler_on_the_same_arrivals():
+    sc = Scenario(name="t", duration_s=90, profile={"type": "step", "base_rps": 2, "peak_rps": 12, "at_s": 20},
+                  slo={"ttft_p95_s": 1.0, "e2e_p95_s": 5.0})
+    res = compare(fleet(), sc, BURST)
+    names = [r["name"] for r in res["runs"]]
+    assert names[0] == "gpufleet" and names[1].startswith("static-peak") and names[2:] == [
+        "hpa", "keda", "knative", "aibrix"]
+    assert all(r["requests"] == len(BURST) for r in res["runs"])
+    assert res["clairvoyant_gpu_seconds"] > 0
+    assert all(r["gpu_seconds"] >= res["clairvoyant_gpu_seconds"] for r in res["runs"])
+    assert all(0 <= r["slo_attainment"] <= 1 for r in res["runs"])
+
+
+def test_slo_attainment_counts_failures_and_slow_requests_as_misses():
+    from autoscaler.scaletest.loadgen import Result
+
+    sc = Scenario(name="t", duration_s=1, profile={"type": "step", "base_rps": 1, "peak_rps": 1, "at_s": 0},
+                  slo={"ttft_p95_s": 1.0, "e2e_p95_s": 5.0})
+    rs = [Result(0, 0, 200, True, ttft=0.5, e2e=2), Result(0, 0, 200, True, ttft=1.5, e2e=2),
+          Result(0, 0, 200, True, ttft=0.5, e2e=6), Result(0, 0, 503, False)]
+    assert slo_attainment(rs, sc) == 0.25
+
+
+def test_cli_simulate_compare_writes_the_table_json_and_plot(tmp_path: Path, capsys):
+    cfg = tmp_path / "fleet.yaml"
+    cfg.write_text(json.dumps({"gpus": {"source": "none"}, "pools": [{
+        "name": "chat", "model": "m", "gpus_per_replica": 1, "min_replicas": 1, "max_replicas": 3,
+        "sim": {"profile": "tiny"}, "targets": {"concurrency": 6}}]}))
+    out = tmp_path / "rep"
+    rc = main(["simulate", "smoke", "--config", str(cfg), "--compare", "--json", str(tmp_path / "c.json"),
+               "--out", str(out)])
+    assert rc == 0
+    doc = json.loads((tmp_path / "c.json").read_text())
+    assert set(doc) >= {"runs", "clairvoyant_gpu_seconds", "trace", "wall_s"}
+    assert set(doc["runs"][0]) >= {"name", "slo_attainment", "failed", "ttft_p95_s", "e2e_p95_s", "gpu_seconds",
+                                   "gpu_seconds_by_role", "vs_clairvoyant"}
+    assert (out / "compare.png").stat().st_size > 1000
+    assert "clairvoyant" in capsys.readouterr().out
+
+
+def test_cli_simulate_writes_a_scale_test_shaped_report(tmp_path: Path):
+    out = tmp_path / "rep"
+    rc = main(["simulate", "smoke", "--out", str(out)])
+    report = json.loads((out / "report.json").read_text())
+    assert set(report) >= {"summary", "timeline", "events", "requests"}
+    assert report["summary"]["requests"] == len(report["requests"]) > 0
+    assert rc == (0 if report["summary"]["slo_met"] else 1)
+    assert (out / "timeline.png").exists() and (out / "summary.txt").exists()
+
+
+def test_cli_simulate_takes_a_trace_file_as_is(tmp_path: Path):
+    from tests.helpers import ROOT
+
+    out = tmp_path / "rep"
+    main(["simulate", str(ROOT / "tests/fixtures/traces/azure_conv_first200.csv"), "--out", str(out)])
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["requests"] == 200
+    assert report["scenario"]["slo"]["ttft_p95_s"] == 2.0
