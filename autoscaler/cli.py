@@ -144,7 +144,7 @@ def _simulate(args: argparse.Namespace) -> int:
     from autoscaler.scaletest.report import format_summary, summarize
     from autoscaler.scaletest.runner import Run, write_report
     from autoscaler.scaletest.scenario import arrivals, load_scenario
-    from autoscaler.sim.compare import compare, format_table, plot_compare, public
+    from autoscaler.sim.compare import compare, format_markdown, format_table, plot_compare, public
     from autoscaler.sim.run import simulate
 
     cfg = load_config(args.config)
@@ -166,6 +166,7 @@ def _simulate(args: argparse.Namespace) -> int:
         (out / "summary.txt").write_text(table + "\n")
         doc = json.dumps(public(res), indent=1)
         (out / "comparison.json").write_text(doc)
+        (out / "comparison.md").write_text(format_markdown(res) + "\n")
         if args.json:
             args.json.write_text(doc)
         plot_compare(out / "compare.png", res, arr, f"gpufleet simulate --compare: {sc.name}")

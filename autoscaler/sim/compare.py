@@ -80,7 +80,8 @@ def _row(name: str, title: str, sim: SimResult, sc: Scenario, pool: PoolConfig) 
         "e2e_p95_s": s["e2e_s"]["p95"],
         "gpu_seconds": sum(by_role.values()),
         "gpu_seconds_by_role": {k: round(v, 1) for k, v in by_role.items()},
-        "peak_replicas": sum(s["peak_replicas"].values()),
+        "peak_replicas": max((sum(len(q["replicas"]) for q in st["pools"].values()) for _, st in sim.timeline),
+                             default=0),
         "sim_wall_s": round(sim.wall_s, 3),
         "_sim": sim,
     }
@@ -156,6 +157,27 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(f"{t['requests']} requests, {t['duration_s']:.0f} s; SLO per request: TTFT ≤ "
                  f"{t['slo']['ttft_p95_s']} s, e2e ≤ {t['slo']['e2e_p95_s']} s; simulated in {result['wall_s']:.1f} s")
     return "\n".join(lines)
+
+
+def format_markdown(result: dict[str, Any]) -> str:
+    unit = "GPU-s" if result["gpus_per_replica"] > 0 else "slot-s"
+
+    def s(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    out = [f"| run | SLO attainment | failed | TTFT p50 / p95 / p99 (s) | e2e p95 (s) | {unit} "
+           "(active / warm / starting / draining) | peak replicas | ÷ clairvoyant |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in result["runs"]:
+        role = r["gpu_seconds_by_role"]
+        vs = r["vs_clairvoyant"]
+        out.append(f"| {r['name']} | {100 * r['slo_attainment']:.2f} % | {r['failed']} | {s(r['ttft_p50_s'])} / "
+                   f"{s(r['ttft_p95_s'])} / {s(r['ttft_p99_s'])} | {s(r['e2e_p95_s'])} | **{r['gpu_seconds']:.0f}** "
+                   f"({role['active']:.0f} / {role['warm']:.0f} / {role['starting']:.0f} / {role['draining']:.0f}) "
+                   f"| {r['peak_replicas']} | {'-' if vs is None else f'{vs:.2f}'} |")
+    out.append(f"| clairvoyant (bound) | | | | | **{result['clairvoyant_gpu_seconds']:.0f}** | "
+               f"{result['clairvoyant'].get('peak_replicas', '-')} | 1.00 |")
+    return "\n".join(out)
 
 
 def plot_compare(path: Path, result: dict[str, Any], arr: Sequence[Arrival], title: str) -> None:

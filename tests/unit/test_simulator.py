@@ -233,6 +233,7 @@ def test_cli_simulate_compare_writes_the_table_json_and_plot(tmp_path: Path, cap
     assert set(doc["runs"][0]) >= {"name", "slo_attainment", "failed", "ttft_p95_s", "e2e_p95_s", "gpu_seconds",
                                    "gpu_seconds_by_role", "vs_clairvoyant"}
     assert (out / "compare.png").stat().st_size > 1000
+    assert (out / "comparison.md").read_text().count("\n| ") == len(doc["runs"]) + 2  # separator, runs, bound
     assert "clairvoyant" in capsys.readouterr().out
 
 
