@@ -123,6 +123,8 @@ class Gateway:
         self._pending_tag = tag
         wait = self.cfg.reload_min_interval_s - (time.monotonic() - self._last_reload_mono)
         if wait <= 0:
+            if self._lock.locked():
+                return True  # a check is in flight (slow nginx -t): the next update applies these files
             await self.flush()
         elif self._timer is None:
             loop = asyncio.get_running_loop()
@@ -152,7 +154,13 @@ class Gateway:
         backup = {n: (self.conf_dir / n).read_text() for n in files if (self.conf_dir / n).exists()}
         for name, text in files.items():
             atomic_write(self.conf_dir / name, text)
-        ok, out = self._validate()
+        try:
+            ok, out = self._validate()
+        except Exception as e:  # the check could not run (gateway restarting, timeout): retried, not rejected
+            for name, text in backup.items():
+                atomic_write(self.conf_dir / name, text)
+            self._error(f"nginx -t could not run ({type(e).__name__}: {e}); kept the last good config, will retry")
+            return False
         if not ok:
             for name, text in backup.items():
                 atomic_write(self.conf_dir / name, text)

@@ -1,0 +1,66 @@
+"""The gateway's reload path under a slow or failing `nginx -t` (the check and signal are the injection
+points every runtime provides: a local process, or `docker exec` into the gateway container)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+from autoscaler.config import GatewayConfig
+from autoscaler.gateway.nginx import Gateway
+from autoscaler.gateway.render import PoolRoute
+
+
+def routes(*servers: str) -> list[PoolRoute]:
+    return [PoolRoute("chat", "m", servers)]
+
+
+def test_a_hanging_check_does_not_stall_the_next_update(tmp_path: Path):
+    release = threading.Event()
+    reloads: list[object] = []
+
+    def slow_check() -> tuple[bool, str]:
+        release.wait(10)
+        return True, ""
+
+    gw = Gateway(tmp_path, GatewayConfig(reload_min_interval_s=0), slow_check, lambda: None)
+    gw.on_reload.append(reloads.append)
+
+    async def go() -> float:
+        first = asyncio.create_task(gw.update(routes("a:1"), tag="a"))
+        await asyncio.sleep(0.1)  # the first check is now hanging in its thread
+        t0 = time.monotonic()
+        assert await gw.update(routes("a:1", "b:1"), tag="ab")
+        took = time.monotonic() - t0
+        release.set()
+        await first
+        await gw.update(routes("a:1", "b:1"), tag="ab")  # the next tick applies the newest routes
+        return took
+
+    took = asyncio.run(go())
+    assert took < 1.0
+    assert reloads == ["a", "ab"]
+
+
+def test_a_check_that_cannot_run_is_retried_not_taken_as_a_rejection(tmp_path: Path):
+    calls = {"n": 0}
+
+    def flaky_check() -> tuple[bool, str]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise TimeoutError("gateway container restarting")
+        return True, ""
+
+    gw = Gateway(tmp_path, GatewayConfig(reload_min_interval_s=0), flaky_check, lambda: None)
+    reloads: list[object] = []
+    gw.on_reload.append(reloads.append)
+
+    async def go() -> None:
+        await gw.update(routes("a:1"), tag="a")
+        assert reloads == [] and "could not run" in (gw.stats.last_error or "")
+        await gw.update(routes("a:1"), tag="a")  # same routes, next tick
+
+    asyncio.run(go())
+    assert reloads == ["a"], "the same routes are applied once the check runs"
