@@ -70,7 +70,7 @@ async def run_docker(cfg: FleetConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     NGINX_DIR.mkdir(parents=True, exist_ok=True)
     nginx = DockerNginx(client, project)
-    gateway = Gateway(NGINX_DIR, cfg.gateway, nginx.validate, nginx.reload)
+    gateway = Gateway(NGINX_DIR, cfg.gateway, nginx.validate, nginx.reload, nginx.probe)
     gateway.write_initial(keep_existing=True)
     runtime = DockerRuntime(client, project, network, image, gpus_visible=nvidia_runtime(client))
     controller = Controller(cfg, runtime, gateway, make_placer(cfg.gpus), TargetsWriter(TARGETS))

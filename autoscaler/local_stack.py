@@ -91,7 +91,7 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
     nginx = LocalNginx(run_dir, cfg.gateway)
     nginx.render_main()
     _stop_stale(run_dir / "nginx.pid")
-    gateway = Gateway(nginx.conf_dir, cfg.gateway, nginx.validate, nginx.reload)
+    gateway = Gateway(nginx.conf_dir, cfg.gateway, nginx.validate, nginx.reload, nginx.probe)
     gateway.write_initial()
     prom = LocalPrometheus(run_dir, cfg) if cfg.prometheus.enabled else None
     runtime = LocalRuntime(run_dir / "replicas")

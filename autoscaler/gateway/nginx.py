@@ -15,10 +15,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from autoscaler.config import GatewayConfig
 from autoscaler.gateway.render import (
     TEMPLATES,
     PoolRoute,
+    files_generation,
     packaged_template,
     render_gateway,
     render_template,
@@ -71,11 +74,15 @@ class Gateway:
         cfg: GatewayConfig,
         validate: Callable[[], tuple[bool, str]],
         signal_reload: Callable[[], None],
+        probe: Callable[[], str | None] | None = None,
     ) -> None:
         self.conf_dir = conf_dir
         self.cfg = cfg
         self._validate = validate
         self._signal = signal_reload
+        # The generation a fresh request to nginx sees: after SIGHUP, old workers go on accepting for a
+        # moment, so a reload counts as applied only once nginx answers with the new config.
+        self._probe = probe
         self.stats = GatewayStats()
         self._applied: dict[str, str] | None = None
         self._pending: dict[str, str] | None = None
@@ -172,6 +179,7 @@ class Gateway:
         except Exception as e:
             self._error(f"reload signal failed: {e}")
             return False
+        self._confirm(files_generation(files))
         dt = time.monotonic() - t0
         self._applied = files
         self._rejected = None
@@ -181,6 +189,22 @@ class Gateway:
         self.stats.last_reload_at = time.time()
         self.stats.last_reload_s = dt
         return True
+
+    def _confirm(self, generation: str | None, timeout_s: float = 3.0) -> None:
+        """Wait (in the flush thread) until nginx serves `generation`; a probe that cannot reach nginx
+        gives up at once, a reload never confirmed within the bound is an error, not a hang."""
+        if self._probe is None or generation is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if self._probe() == generation:
+                    return
+            except Exception as e:
+                log.debug("reload not confirmed, probe failed: %s", e)
+                return
+            time.sleep(0.01)
+        self._error(f"nginx did not serve the new config within {timeout_s:g}s of the reload signal")
 
     def _error(self, msg: str) -> None:
         # The same failure every tick is one failure, not one a second.
@@ -245,6 +269,11 @@ class LocalNginx:
         assert self.binary
         return [self.binary, "-p", str(self.run_dir), "-c", str(self.conf),
                 "-e", str(self.run_dir / "nginx-error.log"), *extra]
+
+    def probe(self) -> str | None:
+        host = "127.0.0.1" if self.cfg.listen in ("0.0.0.0", "::", "") else self.cfg.listen
+        with httpx.Client(timeout=1.0) as c:  # a new connection: what a new client would get
+            return c.get(f"http://{host}:{self.cfg.port}/v1/models").headers.get("x-gpufleet-generation")
 
     def validate(self) -> tuple[bool, str]:
         r = subprocess.run(self._cmd("-t", "-q"), capture_output=True, text=True, timeout=30)

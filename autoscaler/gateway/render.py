@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +49,16 @@ def render_gateway(
         "serving": {p.name: bool(p.servers) for p in pools},
         "fallback": {p.name: list(p.fallback) for p in pools if p.fallback},
     }
+    upstreams = render_template(src, pools=pools)
+    # Which config a worker runs: /v1/models answers it in a header, so a reload can be confirmed.
+    table["generation"] = hashlib.sha256((upstreams + json.dumps(table, sort_keys=True)).encode()).hexdigest()[:16]
     return {
-        "upstreams.conf": render_template(src, pools=pools),
+        "upstreams.conf": upstreams,
         "routes.js": render_template(packaged_template("routes.js.j2"), routes=table),
     }
+
+
+def files_generation(files: dict[str, str]) -> str | None:
+    """The generation render_gateway stamped into these files (None for files of another origin)."""
+    m = re.search(r'"generation": "([0-9a-f]+)"', files.get("routes.js", ""))
+    return m.group(1) if m else None

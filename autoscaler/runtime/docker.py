@@ -195,3 +195,10 @@ class DockerNginx:
 
     def reload(self) -> None:
         self._container().kill(signal="SIGHUP")
+
+    def probe(self, port: int = 8080) -> str | None:
+        """The generation the gateway serves, asked over the compose network by its service name."""
+        import httpx
+
+        with httpx.Client(timeout=1.0) as c:
+            return c.get(f"http://{self.service}:{port}/v1/models").headers.get("x-gpufleet-generation")

@@ -52,6 +52,7 @@ function models(r) {
         return {id: m, object: 'model', created: 0, owned_by: 'gpufleet'};
     });
     r.headersOut['Content-Type'] = 'application/json';
+    r.headersOut['X-Gpufleet-Generation'] = cfg.generation || '';
     r.return(200, JSON.stringify({object: 'list', data: data}));
 }
 

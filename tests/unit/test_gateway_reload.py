@@ -64,3 +64,34 @@ def test_a_check_that_cannot_run_is_retried_not_taken_as_a_rejection(tmp_path: P
 
     asyncio.run(go())
     assert reloads == ["a"], "the same routes are applied once the check runs"
+
+
+def test_a_reload_counts_only_once_nginx_serves_the_new_config(tmp_path: Path):
+    """After SIGHUP old workers still answer for a moment: `routed` must wait for the new generation."""
+    from autoscaler.gateway.render import files_generation, render_gateway
+
+    want = files_generation(render_gateway(routes("a:1")))
+    answers = iter([None, "old", "old", want])
+    seen: list[str | None] = []
+
+    def probe() -> str | None:
+        seen.append(next(answers, want))
+        return seen[-1]
+
+    gw = Gateway(tmp_path, GatewayConfig(reload_min_interval_s=0), lambda: (True, ""), lambda: None, probe)
+    reloads: list[object] = []
+    gw.on_reload.append(lambda tag: reloads.append((tag, list(seen))))
+    asyncio.run(gw.update(routes("a:1"), tag="a"))
+    assert reloads == [("a", [None, "old", "old", want])]
+
+
+def test_an_unreachable_probe_does_not_hold_the_reload(tmp_path: Path):
+    def probe() -> str | None:
+        raise OSError("connection refused")
+
+    gw = Gateway(tmp_path, GatewayConfig(reload_min_interval_s=0), lambda: (True, ""), lambda: None, probe)
+    reloads: list[object] = []
+    gw.on_reload.append(reloads.append)
+    t0 = time.monotonic()
+    asyncio.run(gw.update(routes("a:1"), tag="a"))
+    assert reloads == ["a"] and time.monotonic() - t0 < 1.0

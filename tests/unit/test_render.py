@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from autoscaler.gateway.render import PoolRoute, render_gateway
+from autoscaler.gateway.render import PoolRoute, files_generation, render_gateway
 from autoscaler.prom_sd import targets_document
 from autoscaler.runtime.base import Replica
 
@@ -23,8 +23,17 @@ def test_routes_table_maps_models_serving_and_fallbacks():
     files = render_gateway([PoolRoute("a", "m1", ("h:1",), fallback=("b",)), PoolRoute("b", "m2", ())])
     body = files["routes.js"].split("export default ", 1)[1].rstrip().rstrip(";")
     table = json.loads(body)
+    generation = table.pop("generation")
     assert table == {"routes": {"m1": "a", "m2": "b"}, "serving": {"a": True, "b": False},
                      "fallback": {"a": ["b"]}}
+    assert files_generation(files) == generation
+
+
+def test_each_config_has_its_own_generation():
+    one = render_gateway([PoolRoute("a", "m1", ("h:1",))])
+    two = render_gateway([PoolRoute("a", "m1", ("h:1", "h:2"))])
+    assert files_generation(one) != files_generation(two)
+    assert files_generation(one) == files_generation(render_gateway([PoolRoute("a", "m1", ("h:1",))]))
 
 
 def test_model_names_are_escaped_in_routes_js():
