@@ -25,8 +25,7 @@ import httpx
 from autoscaler.config import FleetConfig
 from autoscaler.gateway.nginx import Gateway
 from autoscaler.gateway.render import PoolRoute
-from autoscaler.gpus.slots import Placement
-from autoscaler.gpus.topology import LinkKind, Topology
+from autoscaler.gpus.topology import Topology
 from autoscaler.reconcile import Action, GpuView, PoolState, Reconciled, ReplicaObs, Snapshot, reconcile
 from autoscaler.runtime.base import Replica, Runtime
 from autoscaler.signals import ReplicaSample, parse_metrics
@@ -54,9 +53,6 @@ class Placer(Protocol):
 
     @property
     def virtual(self) -> bool: ...
-
-    def place(self, k: int, used: set[str], *, model: str | None = None, min_memory_mb: int = 0,
-              min_link: LinkKind | None = None) -> Placement | None: ...
 
     def health_check(self) -> dict[str, str]: ...
 

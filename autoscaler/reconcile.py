@@ -34,6 +34,7 @@ from typing import Any, Literal
 from autoscaler.config import FleetConfig, PoolConfig
 from autoscaler.gateway.render import PoolRoute
 from autoscaler.gpus.placement import choose_gpus
+from autoscaler.gpus.slots import Placement
 from autoscaler.gpus.topology import LinkKind, Topology
 from autoscaler.planner import ReplicaView, drain_finished, plan
 from autoscaler.policy import Decision, PolicyState, PoolView, decide
@@ -146,6 +147,13 @@ def replica_argv(pool: PoolConfig) -> tuple[str, ...]:
         if val is not None:
             argv += [flag, str(val)]
     return tuple(argv)
+
+
+def place_replica(gpus: GpuView, p: PoolConfig, used: set[str]) -> Placement | None:
+    """GPUs (and NUMA-local cores) for one more replica of pool p, none of them used or cordoned."""
+    return choose_gpus(gpus.topo, used | gpus.cordoned, p.gpus_per_replica, model=p.gpu_model,
+                       min_memory_mb=p.gpu_min_memory_mb,
+                       min_link=LinkKind[p.gpu_min_link] if p.gpu_min_link else None, host_cpus=gpus.host_cpus)
 
 
 def _view(r: ReplicaObs) -> ReplicaView:
@@ -284,10 +292,7 @@ def _pool_step(
             r = live[a.replica or ""]
             acts.append(Action("stop", p.name, a.replica, reason=a.reason, detail={"role": r.role}))
         elif a.kind == "start" and a.role:
-            placed = choose_gpus(
-                snap.gpus.topo, used | snap.gpus.cordoned, p.gpus_per_replica, model=p.gpu_model,
-                min_memory_mb=p.gpu_min_memory_mb,
-                min_link=LinkKind[p.gpu_min_link] if p.gpu_min_link else None, host_cpus=snap.gpus.host_cpus)
+            placed = place_replica(snap.gpus, p, used)
             if placed is None:
                 no_capacity = f"no free GPUs for a {p.gpus_per_replica}-GPU replica"
                 break

@@ -30,7 +30,7 @@ from autoscaler.controller import SAMPLES_KEPT
 from autoscaler.gateway.render import PoolRoute
 from autoscaler.gpus.placement import make_placer
 from autoscaler.policy import decide
-from autoscaler.reconcile import GpuView, PoolState, ReplicaObs, Snapshot, reconcile
+from autoscaler.reconcile import GpuView, PoolState, ReplicaObs, Snapshot, place_replica, reconcile
 from autoscaler.runtime.base import Role
 from autoscaler.scaletest.loadgen import Arrival, Result
 from autoscaler.signals import ReplicaSample
@@ -125,11 +125,11 @@ def simulate(
     for p in cfg.pools:
         for i in range(p.min_replicas + p.warm_pool.min):
             role: Role = "active" if i < p.min_replicas else "warm"
-            placed = _place(gpus, p, held)
+            placed = place_replica(gpus, p, held)
             if placed is None:
                 raise ValueError(f"pool {p.name}: the GPUs do not fit its min_replicas + warm_pool.min")
-            held.update(placed)
-            new_node(p, role, role, -1.0, placed, -1.0)
+            held.update(placed.gpus)
+            new_node(p, role, role, -1.0, placed.gpus, -1.0)
     routed: dict[str, list[_Node]] = {p.name: [n for n in nodes.values() if n.pool == p.name and n.role == "active"]
                                       for p in cfg.pools}
     routed_ids = frozenset(n.rep.id for ns in routed.values() for n in ns)
@@ -248,14 +248,6 @@ def simulate(
                 push(now + cfg.tick_s, _TICK, tick + 1)
     return SimResult(name, sorted(results, key=lambda r: r.at), timeline, events, now,
                      time.perf_counter() - wall0, target.name)
-
-
-def _place(gpus: GpuView, p: PoolConfig, held: set[str]) -> tuple[str, ...] | None:
-    from autoscaler.gpus.placement import choose_gpus
-
-    placed = choose_gpus(gpus.topo, held | gpus.cordoned, p.gpus_per_replica, model=p.gpu_model,
-                         min_memory_mb=p.gpu_min_memory_mb)
-    return None if placed is None else placed.gpus
 
 
 def _obs(n: _Node, now: float) -> ReplicaObs:
