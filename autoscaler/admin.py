@@ -59,14 +59,22 @@ class FleetCollector(Collector):
                                   "(last good config kept)", value=g.render_errors)
         events = CounterMetricFamily("gpufleet_events", "Controller events by kind",
                                      labels=["kind", "pool"])
-        counts: dict[tuple[str, str], int] = {}
-        for e in c.events:
-            k = (e["kind"], e.get("pool") or "")
-            counts[k] = counts.get(k, 0) + 1
-        for (kind, pool), n in sorted(counts.items()):
+        for (kind, pool), n in sorted(c.event_counts.items()):
             events.add_metric([kind, pool], n)
         yield events
         yield CounterMetricFamily("gpufleet_ticks", "Control loop ticks", value=c.ticks)
+        yield CounterMetricFamily("gpufleet_tick_errors", "Control loop ticks that raised", value=c.tick_errors)
+        if c.last_tick_at is not None:
+            yield GaugeMetricFamily("gpufleet_last_tick_timestamp_seconds", "When the last tick ended",
+                                    value=c.last_tick_at)
+        if c.tick_seconds:
+            yield GaugeMetricFamily("gpufleet_tick_duration_seconds", "How long the last tick took",
+                                    value=c.tick_seconds[-1])
+        backoff = GaugeMetricFamily("gpufleet_pool_backoff_seconds", "Seconds until the pool may cold-start "
+                                    "again (crash loop)", labels=["pool"])
+        for p in c.cfg.pools:
+            backoff.add_metric([p.name], max(c.states[p.name].backoff_until - c.clock(), 0.0))
+        yield backoff
 
 
 class AdminServer(uvicorn.Server):
@@ -86,7 +94,9 @@ def create_admin_app(controller: Controller, token: str | None = None) -> FastAP
     async def auth(request: Request, call_next: Any) -> Response:
         if token and request.url.path != "/healthz":
             got = request.headers.get("authorization", "")
-            if not secrets.compare_digest(got, f"Bearer {token}"):
+            # as bytes: compare_digest refuses non-ASCII str, and a header may hold any byte
+            if not secrets.compare_digest(got.encode("utf-8", "surrogateescape"),
+                                          f"Bearer {token}".encode("utf-8", "surrogateescape")):
                 return JSONResponse({"error": {"message": "missing or wrong admin token",
                                                "type": "authentication_error"}}, status_code=401)
         return await call_next(request)

@@ -98,10 +98,17 @@ def _gpus(args: argparse.Namespace) -> int:
 
 
 def _scale_test(args: argparse.Namespace) -> int:
+    import importlib.util
+
     from autoscaler.scaletest.report import format_summary
     from autoscaler.scaletest.runner import NoStack, Run, execute, write_report
     from autoscaler.scaletest.scenario import load_scenario
 
+    if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
+        # say so now, not after the run: the timeline is drawn at the end
+        print("gpufleet scale-test: the timeline PNG needs matplotlib: `make install` (or pip install "
+              "'gpufleet[report]'); or run with --no-plot", file=sys.stderr)
+        return 2
     sc, base = load_scenario(args.scenario)
     if args.duration is not None:
         sc = sc.model_copy(update={"duration_s": args.duration})
@@ -112,9 +119,9 @@ def _scale_test(args: argparse.Namespace) -> int:
         print(f"gpufleet scale-test: {e}", file=sys.stderr)
         return 2
     out = args.out or Path("reports") / f"{sc.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    write_report(run, summary, out)
+    write_report(run, summary, out, plot=not args.no_plot)
     print(format_summary(summary))
-    print(f"report: {out}/report.json  {out}/timeline.png")
+    print(f"report: {out}/report.json" + ("" if args.no_plot else f"  {out}/timeline.png"))
     return 0 if summary["slo_met"] else 1
 
 
@@ -219,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--token", default=None, help="admin token, if the fleet has one")
     st.add_argument("--out", type=Path, default=None, help="report folder (default reports/<scenario>-<time>)")
     st.add_argument("--duration", type=float, default=None, help="override the scenario's duration (s)")
+    st.add_argument("--no-plot", action="store_true", help="no timeline.png (no matplotlib needed)")
     st.set_defaults(func=_scale_test)
     sm = sub.add_parser("simulate", help="replay a scenario or trace through a simulated fleet "
                         "(the real reconcile on simulated time); --compare runs the baselines too")

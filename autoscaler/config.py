@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 from pathlib import Path
@@ -89,6 +90,7 @@ class SimEngineArgs(_Strict):
     step_base_s: float | None = Field(default=None, gt=0)
     step_per_seq_s: float | None = Field(default=None, ge=0)
     kv_capacity_tokens: int | None = Field(default=None, ge=1)
+    max_waiting: int | None = Field(default=None, ge=1)  # queue bound before 429s (replica default 1024)
 
     @field_validator("profile")
     @classmethod
@@ -105,7 +107,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 
 class PoolConfig(_Strict):
     name: str
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=256)
     engine: Literal["sim", "command"] = "sim"
     sim: SimEngineArgs = SimEngineArgs()
     command: tuple[str, ...] | None = None  # engine=command: argv with {port} and {model}
@@ -120,14 +122,24 @@ class PoolConfig(_Strict):
     targets: Targets = Targets(concurrency=6)
     behavior: Behavior = Behavior()
     drain_timeout_s: float = Field(default=120, gt=0)
+    # a replica that fails to start or exits on its own delays the pool's next cold start, doubling
+    start_backoff_s: float = Field(default=2.0, gt=0)
+    start_backoff_max_s: float = Field(default=120.0, gt=0)
     fallback: tuple[str, ...] = ()
     priority: int = 0
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NAME.match(v):
+        if not _NAME.fullmatch(v):  # fullmatch: `$` alone would let a trailing newline through
             raise ValueError("use lower-case letters, digits and '-' (it names upstreams and containers)")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if not v.isprintable() or v != v.strip():
+            raise ValueError("a model name is printable text without leading or trailing spaces")
         return v
 
     @model_validator(mode="after")
@@ -138,6 +150,8 @@ class PoolConfig(_Strict):
             )
         if self.engine == "command" and not self.command:
             raise ValueError("engine 'command' needs `command` (argv, with {port} and {model})")
+        if self.command and not any("{port}" in a for a in self.command):
+            raise ValueError("`command` must contain {port}: the replica has to listen where it is told")
         return self
 
     def config_hash(self) -> str:
@@ -146,17 +160,36 @@ class PoolConfig(_Strict):
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _ip_or_localhost(v: str) -> str:
+    if v != "localhost":
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IP address (or 'localhost')") from None
+    return v
+
+
 class GatewayConfig(_Strict):
+    # listen and port: the local stack's; in Docker nginx listens on 8080 and compose publishes it
     listen: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     reload_min_interval_s: float = Field(default=0.5, ge=0)
-    worker_shutdown_timeout_s: int = Field(default=240, ge=1)
-    client_max_body_size: str = "1m"
+    worker_shutdown_timeout_s: int = Field(default=240, ge=1, le=86400)
+    # nginx size syntax; these values are written into nginx.conf, so nothing else gets through
+    client_max_body_size: str = Field(default="1m", pattern=r"^[1-9][0-9]{0,8}[kKmMgG]?$")
     upstream_template: Path | None = None  # override the packaged Jinja2 template
+
+    _listen = field_validator("listen")(_ip_or_localhost)
+
+    @property
+    def listen_host(self) -> str:
+        """As nginx's `listen` wants it: IPv6 in brackets."""
+        return f"[{self.listen}]" if ":" in self.listen else self.listen
 
 
 class AdminConfig(_Strict):
     host: str = "127.0.0.1"
+    _host = field_validator("host")(_ip_or_localhost)
     port: int = Field(default=8181, ge=1, le=65535)
     token: str | None = None
 
@@ -164,6 +197,7 @@ class AdminConfig(_Strict):
 class PrometheusConfig(_Strict):
     enabled: bool = True
     listen: str = "127.0.0.1"
+    _listen = field_validator("listen")(_ip_or_localhost)
     port: int = Field(default=9090, ge=1, le=65535)
 
 
@@ -253,19 +287,48 @@ def parse_config(data: Any, source: str = "fleet.yaml") -> FleetConfig:
 
 
 def load_config(path: Path | None) -> FleetConfig:
+    """Whatever this accepts, starts: besides the schema, the files the config names are read here."""
     if path is None:
         return parse_config(DEFAULT_CONFIG, "built-in default")
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}): save it as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer of thousands of digits
+        raise ConfigError(f"{path}: a value YAML cannot read: {e}") from None
     cfg = parse_config(data, str(path))
+    base = Path(path).parent
     tf = cfg.gpus.topology_file
-    if tf is not None and not tf.is_absolute() and (Path(path).parent / tf).exists():
+    if tf is not None and not tf.is_absolute() and (base / tf).exists():
         # relative to the fleet file, as a user reading it would expect (else: to the working directory)
-        cfg = cfg.model_copy(update={"gpus": cfg.gpus.model_copy(update={"topology_file": Path(path).parent / tf})})
+        cfg = cfg.model_copy(update={"gpus": cfg.gpus.model_copy(update={"topology_file": base / tf})})
+        tf = cfg.gpus.topology_file
+    if tf is not None and cfg.gpus.source in ("topology", "auto") and not Path(tf).is_file():
+        raise ConfigError(f"{path}: gpus.topology_file: {tf} does not exist (relative paths are read from "
+                          f"{base.resolve()} or the working directory)")
+    if tf is not None and cfg.gpus.source == "topology":
+        from autoscaler.gpus.topology import TopologyParseError, load_topology_file
+
+        try:
+            load_topology_file(Path(tf))
+        except TopologyParseError as e:
+            raise ConfigError(f"{path}: gpus.topology_file: {e}") from None
+    ut = cfg.gateway.upstream_template
+    if ut is not None:
+        if not ut.is_absolute() and (base / ut).exists():
+            ut = base / ut
+            cfg = cfg.model_copy(update={"gateway": cfg.gateway.model_copy(update={"upstream_template": ut})})
+        from autoscaler.gateway.render import PoolRoute, render_gateway
+
+        try:
+            render_gateway([PoolRoute("p", "m", ("127.0.0.1:1",))], ut)
+        except Exception as e:
+            raise ConfigError(f"{path}: gateway.upstream_template: {ut}: cannot render: "
+                              f"{type(e).__name__}: {e}") from None
     return cfg

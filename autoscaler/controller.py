@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,7 +26,16 @@ from autoscaler.config import FleetConfig
 from autoscaler.gateway.nginx import Gateway
 from autoscaler.gateway.render import PoolRoute
 from autoscaler.gpus.topology import Topology
-from autoscaler.reconcile import Action, GpuView, PoolState, Reconciled, ReplicaObs, Snapshot, reconcile
+from autoscaler.reconcile import (
+    Action,
+    GpuView,
+    PoolState,
+    Reconciled,
+    ReplicaObs,
+    Snapshot,
+    note_crash,
+    reconcile,
+)
 from autoscaler.runtime.base import Replica, Runtime
 from autoscaler.signals import ReplicaSample, parse_metrics
 from autoscaler.status import (
@@ -44,6 +53,7 @@ log = logging.getLogger("gpufleet.controller")
 
 GPU_HEALTH_EVERY = 10  # ticks between NVML health checks
 SAMPLES_KEPT = 16  # per replica: enough for any metric window at a 1 s tick
+METRICS_MAX_BYTES = 4 << 20  # a /metrics larger than this is garbage, not a replica's signals
 
 
 class Placer(Protocol):
@@ -84,9 +94,12 @@ class Controller:
         self.health: dict[str, ReplicaHealth] = {}
         self.states: dict[str, PoolState] = {p.name: PoolState() for p in cfg.pools}
         self.events: deque[dict[str, Any]] = deque(maxlen=1000)
+        self.event_counts: Counter[tuple[str, str]] = Counter()  # since start: the counter never goes down
         self.replicas: list[Replica] = []
         self.ticks = 0
+        self.tick_errors = 0
         self.tick_seconds: deque[float] = deque(maxlen=100)
+        self.last_tick_at: float | None = None  # wall clock at the end of the last tick, failed or not
         self._http = httpx.AsyncClient(timeout=cfg.scrape_timeout_s)
         self._busy: set[str] = set()  # replicas with a removal in flight
         self._tasks: set[asyncio.Task[None]] = set()
@@ -100,34 +113,53 @@ class Controller:
     def event(self, kind: str, pool: str | None = None, **detail: Any) -> None:
         e = {"t": self.clock(), "kind": kind, "pool": pool, **detail}
         self.events.append(e)
+        self.event_counts[(kind, pool or "")] += 1
         log.info("%s %s %s", kind, pool or "", detail)
 
     # ---- observe -------------------------------------------------------------------------
 
+    async def _get(self, url: str) -> tuple[int, str]:
+        async with self._http.stream("GET", url) as resp:
+            body = bytearray()
+            async for chunk in resp.aiter_bytes():
+                body += chunk
+                if len(body) > METRICS_MAX_BYTES:
+                    raise ValueError(f"{url}: more than {METRICS_MAX_BYTES} bytes")
+            return resp.status_code, body.decode("utf-8", errors="replace")
+
+    async def _scrape_once(self, r: Replica, h: ReplicaHealth) -> None:
+        if r.role == "starting":
+            code, _ = await self._get(f"{r.url}/ready")
+            h.ready = code == 200
+            h.failures = 0
+            if not h.ready:
+                return
+        code, text = await self._get(f"{r.url}/metrics")
+        if code != 200:
+            raise ValueError(f"/metrics answered {code}")
+        h.samples.append(parse_metrics(text, self.clock()))
+        h.ready = True
+        h.failures = 0
+        h.last_error = None
+
     async def _scrape(self, r: Replica) -> None:
+        """One replica's scrape, bounded as a whole: a replica that drips its answer byte by byte or sends
+        garbage fails its own health check and delays no one."""
         h = self.health.setdefault(r.id, ReplicaHealth())
         try:
-            if r.role == "starting":
-                resp = await self._http.get(f"{r.url}/ready")
-                h.ready = resp.status_code == 200
-                h.failures = 0
-                if not h.ready:
-                    return
-            resp = await self._http.get(f"{r.url}/metrics")
-            resp.raise_for_status()
-            h.samples.append(parse_metrics(resp.text, self.clock()))
-            h.ready = True
-            h.failures = 0
-            h.last_error = None
-        except (httpx.HTTPError, ValueError) as e:
+            await asyncio.wait_for(self._scrape_once(r, h), timeout=self.cfg.scrape_timeout_s)
+        except Exception as e:
             h.failures += 1
-            h.last_error = f"{type(e).__name__}: {e}"
+            h.last_error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             if r.role != "starting":
                 h.ready = h.failures < self.cfg.unhealthy_after
 
     async def observe(self) -> Snapshot:
         reps = await asyncio.to_thread(self.runtime.list)
-        await asyncio.gather(*(self._scrape(r) for r in reps if r.alive and r.id not in self._busy))
+        for r in reps:
+            if r.stopping and r.id not in self._busy:  # a removal a previous autoscaler began: finish it
+                self._stop(Action("stop", r.pool, r.id, reason="a removal begun before a restart"), "stop_resumed")
+        await asyncio.gather(*(self._scrape(r) for r in reps if r.alive and not self._stopping(r)))
         ids = {r.id for r in reps}
         for rid in list(self.health):
             if rid not in ids and rid not in self._busy:
@@ -149,8 +181,11 @@ class Controller:
             id=r.id, pool=r.pool, role=r.role, target_role=r.target_role, created_at=r.created_at,
             role_since=r.role_since, alive=r.alive, ready=h.ready, failures=h.failures,
             last_error=h.last_error, gpus=r.gpus, config_hash=r.config_hash, upstream=r.upstream,
-            samples=tuple(h.samples), stopping=r.id in self._busy,
+            samples=tuple(h.samples), stopping=self._stopping(r),
         )
+
+    def _stopping(self, r: Replica) -> bool:
+        return r.stopping or r.id in self._busy
 
     def load(self, rid: str) -> float:
         h = self.health.get(rid)
@@ -166,12 +201,12 @@ class Controller:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _stop(self, a: Action) -> None:
+    def _stop(self, a: Action, kind: str = "stop") -> None:
         """Stopping takes seconds (graceful first): never on the loop's critical path."""
         rid = a.replica
         assert rid is not None
         self._busy.add(rid)
-        self.event("stop", a.pool, replica=rid, role=a.detail.get("role"), reason=a.reason)
+        self.event(kind, a.pool, replica=rid, role=a.detail.get("role"), reason=a.reason)
 
         async def go() -> None:
             try:
@@ -205,8 +240,12 @@ class Controller:
         assert spec is not None
         try:
             r = await asyncio.to_thread(self.runtime.create, spec)
-        except Exception as e:  # an image missing, a daemon error: the next tick tries again
-            self.event("start_failed", spec.pool, target=spec.target_role, reason=f"{type(e).__name__}: {e}")
+        except Exception as e:  # an image missing, a daemon error: the next tick tries again, after a backoff
+            why = f"{type(e).__name__}: {e}"
+            st = note_crash(self.cfg.pool(spec.pool), self.states[spec.pool], self.clock(), f"start failed: {why}")
+            self.states[spec.pool] = st
+            self.event("start_failed", spec.pool, target=spec.target_role, reason=why, crashes=st.crashes,
+                       backoff_s=round(max(st.backoff_until - self.clock(), 0.0), 3))
             return
         self.event("start", spec.pool, replica=r.id, target=spec.target_role, gpus=list(r.gpus), reason=a.reason,
                    placement=a.detail.get("placement", ""))
@@ -235,7 +274,10 @@ class Controller:
         if out.actions:
             self.replicas = await asyncio.to_thread(self.runtime.list)
         if self.targets is not None:
-            await asyncio.to_thread(self.targets.write, self.replicas)
+            try:
+                await asyncio.to_thread(self.targets.write, self.replicas)
+            except Exception as e:  # Prometheus' view can wait a tick; the fleet cannot
+                log.error("writing Prometheus targets failed: %s", e)
 
     def _on_reload(self, tag: object) -> None:
         """nginx now routes exactly `tag`'s replicas: record who joined (warm activation ends here) and left."""
@@ -269,9 +311,11 @@ class Controller:
             started = time.monotonic()
             try:
                 await self.tick()
-            except Exception:  # one bad tick must not end the loop
+            except Exception as e:  # one bad tick must not end the loop
                 log.exception("tick failed")
-                self.event("tick_error")
+                self.tick_errors += 1
+                self.event("tick_error", reason=f"{type(e).__name__}: {e}")
+            self.last_tick_at = self.clock()
             delay = self.cfg.tick_s - (time.monotonic() - started)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=max(delay, 0.05))
@@ -310,6 +354,10 @@ class Controller:
                 panic=d.panic if d else False,
                 reason=d.reason if d else None,
                 no_capacity=st.no_capacity,
+                crashes=st.crashes,
+                backoff_until=st.backoff_until if st.backoff_until > self.clock() else None,
+                backoff_reason=st.backoff_reason if st.backoff_until > self.clock() else None,
+                error=st.error,
                 signals=None if sig is None else SignalsStatus(
                     ready=sig.ready, running=sig.running, waiting=sig.waiting,
                     kv_cache_usage=round(sig.kv_usage, 4), ttft_p95_s=sig.ttft_p95_s,
@@ -319,12 +367,14 @@ class Controller:
                                   ready=bool(self.health.get(r.id) and self.health[r.id].ready),
                                   gpus=list(r.gpus), url=r.url, upstream=r.upstream, created_at=r.created_at,
                                   role_since=r.role_since, load=self.load(r.id))
-                    for r in self.replicas if r.pool == p.name and r.id not in self._busy
+                    for r in self.replicas if r.pool == p.name and not self._stopping(r)
                 ],
             )
         g = self.gateway.stats
         return FleetStatus(
             gpus=self.gpu_status(), time=self.clock(), runtime=self.runtime.name, ticks=self.ticks, pools=pools,
+            last_tick_at=self.last_tick_at, last_tick_s=self.tick_seconds[-1] if self.tick_seconds else None,
+            tick_errors=self.tick_errors,
             gateway=GatewayStatus(reloads=g.reloads, errors=g.render_errors, last_error=g.last_error,
                                   last_reload_at=g.last_reload_at, last_reload_s=g.last_reload_s),
             events=[EventStatus(**e) for e in list(self.events)[-200:]],

@@ -22,7 +22,7 @@ import uvicorn
 from autoscaler.admin import AdminServer, create_admin_app
 from autoscaler.config import FleetConfig
 from autoscaler.controller import Controller
-from autoscaler.gateway.nginx import Gateway
+from autoscaler.gateway.nginx import Gateway, docker_nginx_conf
 from autoscaler.gpus.placement import make_placer
 from autoscaler.prom_sd import TargetsWriter
 from autoscaler.runtime.docker import DockerNginx, DockerRuntime
@@ -70,7 +70,10 @@ async def run_docker(cfg: FleetConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     NGINX_DIR.mkdir(parents=True, exist_ok=True)
     nginx = DockerNginx(client, project)
-    gateway = Gateway(NGINX_DIR, cfg.gateway, nginx.validate, nginx.reload, nginx.probe)
+    g = cfg.gateway
+    gateway = Gateway(NGINX_DIR, g, nginx.validate, nginx.reload, nginx.probe,
+                      main_conf=lambda: docker_nginx_conf(client_max_body_size=g.client_max_body_size,
+                                                          worker_shutdown_timeout=g.worker_shutdown_timeout_s))
     gateway.write_initial(keep_existing=True)
     runtime = DockerRuntime(client, project, network, image, gpus_visible=nvidia_runtime(client))
     controller = Controller(cfg, runtime, gateway, make_placer(cfg.gpus), TargetsWriter(TARGETS))

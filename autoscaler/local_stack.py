@@ -1,13 +1,15 @@
 """`gpufleet up --local`: nginx, Prometheus, replicas and the loop on this host, in the foreground.
 
 SIGINT/SIGTERM stop everything this stack started. If a previous run was
-killed hard, its replicas are adopted (their state files survive) and its
-nginx/Prometheus are stopped and started again.
+killed hard, its replicas and its nginx are adopted (clients see nothing of
+the restart) and its Prometheus is started again. An nginx that dies is
+started again within a second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -80,6 +82,20 @@ class LocalPrometheus:
         (self.dir / "prometheus.pid").unlink(missing_ok=True)
 
 
+async def _supervise(nginx: LocalNginx, controller: Controller, stop: asyncio.Event, every_s: float = 0.2) -> None:
+    """nginx died (crashed, killed, restarted by hand): start it again on the files last applied."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+        if stop.is_set() or nginx.alive():
+            continue
+        try:
+            await asyncio.to_thread(nginx.start)
+            controller.event("gateway_restarted", reason="nginx was not running")
+        except Exception as e:  # e.g. the old master still holds the port: the next check tries again
+            log.error("restarting nginx failed: %s", e)
+
+
 async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None = None) -> None:
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -90,9 +106,10 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
 
     nginx = LocalNginx(run_dir, cfg.gateway)
     nginx.render_main()
-    _stop_stale(run_dir / "nginx.pid")
+    adopted = nginx.adopt()
     gateway = Gateway(nginx.conf_dir, cfg.gateway, nginx.validate, nginx.reload, nginx.probe)
-    gateway.write_initial()
+    # adopted: nginx serves the fleet the files describe; the first update reloads it with today's
+    gateway.write_initial(keep_existing=adopted)
     prom = LocalPrometheus(run_dir, cfg) if cfg.prometheus.enabled else None
     runtime = LocalRuntime(run_dir / "replicas")
     controller = Controller(cfg, runtime, gateway, make_placer(cfg.gpus),
@@ -101,12 +118,15 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
                                         host=cfg.admin.host, port=cfg.admin.port,
                                         log_level="warning", access_log=False))
     try:
-        await asyncio.sleep(0.2)  # let a stale nginx release the port
-        nginx.start()
+        if adopted:
+            log.info("adopted the running nginx (pid %s) of a previous run", nginx.pid)
+        else:
+            nginx.start()
         if prom:
             prom.start()
         admin_task = asyncio.create_task(admin.serve(), name="admin-api")
         loop_task = asyncio.create_task(controller.run(stop), name="control-loop")
+        watch_task = asyncio.create_task(_supervise(nginx, controller, stop), name="nginx-supervisor")
         log.info("gpufleet up: gateway http://%s:%d  admin http://%s:%d/status  run dir %s",
                  cfg.gateway.listen, cfg.gateway.port, cfg.admin.host, cfg.admin.port, run_dir)
         done, _ = await asyncio.wait({admin_task, loop_task, asyncio.create_task(stop.wait())},
@@ -116,6 +136,7 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
                 raise t.exception()  # type: ignore[misc]
         stop.set()
         await loop_task
+        await watch_task
         admin.should_exit = True
         await admin_task
     finally:

@@ -9,16 +9,23 @@ no globals: the live loop, the unit tests and the simulator run this same code.
 
 What a tick decides, in order (each rule is one block below):
 1. evict: a replica whose process/container exited, or that failed its health
-   checks `unhealthy_after` times in a row, is stopped;
+   checks `unhealthy_after` times in a row, is stopped; an exit the loop did
+   not ask for is a crash and puts the pool's starts into exponential backoff;
+   two live replicas holding one GPU (left by a crash elsewhere) keep the
+   serving one;
 2. promote: a loading replica whose /ready answered becomes what it was
    started for (active or warm);
-3. finish drains: a draining replica that nginx no longer routes and that is
-   empty (or timed out) is demoted to warm if the pool wants one, else stopped;
+3. finish drains: a draining replica is empty (or timed out) counting only from
+   when nginx stopped routing to it; then it is demoted to warm if the pool
+   wants one, else stopped;
 4. per pool: the signals of its routed replicas → the policy → the planner's
    actions (activate warm first, retarget loading replicas, cold-start the
    rest, drain the surplus, trim the warm pool), with GPUs placed for each
    start by the topology-aware allocator;
 5. routes: which replicas nginx should route to, newest-activated first.
+
+An exception in one pool's step is an event on that pool (its state and
+replicas stay as they were); the other pools go on.
 
 A replica with a removal in flight (`stopping`) takes part in nothing but
 still holds its GPUs: they are not handed out until it is gone.
@@ -99,6 +106,24 @@ class PoolState:
     signals: tuple[PoolSignals, ...] = ()
     decision: Decision | None = None
     no_capacity: str | None = None
+    # draining replica id → when it was first seen out of nginx's config (its drain counts from there)
+    unrouted_since: Mapping[str, float] = field(default_factory=dict)
+    # crash-loop backoff: consecutive failed starts/crashes, and no cold start before backoff_until
+    crashes: int = 0
+    last_crash_at: float | None = None
+    backoff_until: float = 0.0
+    backoff_reason: str | None = None
+    error: str | None = None  # the last exception in this pool's step, until a step succeeds
+
+
+def note_crash(p: PoolConfig, st: PoolState, now: float, why: str) -> PoolState:
+    """One more failed start or crash. A first one is replaced at once; after the n-th in a row the next
+    cold start waits base·2^(n-2), capped (like Kubernetes' CrashLoopBackOff). A pool that has not crashed
+    for twice the cap starts counting again from one."""
+    recent = st.last_crash_at is not None and now - st.last_crash_at < 2 * p.start_backoff_max_s
+    n = st.crashes + 1 if recent else 1
+    delay = 0.0 if n == 1 else min(p.start_backoff_s * 2 ** min(n - 2, 30), p.start_backoff_max_s)
+    return replace(st, crashes=n, last_crash_at=now, backoff_until=now + delay, backoff_reason=why)
 
 
 ActionKind = Literal["stop", "promote", "activate", "retarget", "drain", "demote", "start"]
@@ -137,13 +162,13 @@ class Reconciled:
 def replica_argv(pool: PoolConfig) -> tuple[str, ...]:
     if pool.engine == "command":
         assert pool.command is not None
-        return tuple(a.replace("{model}", pool.model) for a in pool.command)
+        return tuple(pool.command)  # placeholders, {model} included, are filled by the runtime
     s = pool.sim
     argv = [sys.executable, "-m", "inference", "--host", "{host}", "--port", "{port}",
-            "--model", pool.model, "--profile", s.profile, "--replica-id", "{replica_id}"]
+            "--model", "{model}", "--profile", s.profile, "--replica-id", "{replica_id}"]
     for flag, val in (("--load-time", s.load_time_s), ("--max-num-seqs", s.max_num_seqs),
                       ("--step-base", s.step_base_s), ("--step-per-seq", s.step_per_seq_s),
-                      ("--kv-capacity", s.kv_capacity_tokens)):
+                      ("--kv-capacity", s.kv_capacity_tokens), ("--max-waiting", s.max_waiting)):
         if val is not None:
             argv += [flag, str(val)]
     return tuple(argv)
@@ -176,6 +201,8 @@ def reconcile(
     acts: list[Action] = []
     events: list[Event] = []
     live: dict[str, ReplicaObs] = {r.id: r for r in snap.replicas if not r.stopping}
+    work: dict[str, PoolState] = {p.name: states.get(p.name, PoolState()) for p in cfg.pools}
+    pools = {p.name: p for p in cfg.pools}
 
     def change(r: ReplicaObs, role: Role, target: Role | None = None) -> None:
         live[r.id] = replace(r, role=role, target_role=target or role, role_since=now)
@@ -184,49 +211,84 @@ def reconcile(
         acts.append(Action("stop", r.pool, r.id, reason=why, detail={"role": r.role}))
         del live[r.id]
 
-    # 1-2. Dead or failing replicas go first, so that the policy sees the truth; then promotions.
+    # 1. Dead or failing replicas go first, so that the policy sees the truth.
     for r in list(live.values()):
         if not r.alive:
             stop(r, "process/container exited")
+            p = pools.get(r.pool)
+            if p is not None:
+                st = note_crash(p, work[p.name], now, f"replica {r.id} exited ({r.role})")
+                work[p.name] = st
+                events.append(Event("crash", p.name, {
+                    "replica": r.id, "role": r.role, "crashes": st.crashes,
+                    "backoff_s": round(st.backoff_until - now, 3)}))
         elif r.role != "starting" and r.failures >= cfg.unhealthy_after:
             stop(r, f"failed {r.failures} health checks: {r.last_error}")
-        elif r.role == "starting" and r.ready:
+    # A GPU with two live holders (a crash between a stop and its removal, elsewhere): keep the one that
+    # serves, retire the others, instead of stalling on it.
+    holders: dict[str, list[ReplicaObs]] = {}
+    for r in live.values():
+        for g in r.gpus:
+            holders.setdefault(g, []).append(r)
+    for g, rs in sorted(holders.items()):
+        rs = [r for r in rs if r.id in live]
+        if len(rs) < 2:
+            continue
+        rs.sort(key=lambda r: (r.id not in snap.routed, r.role != "active", not r.ready, r.role == "starting",
+                               r.created_at, r.id))
+        for r in rs[1:]:
+            stop(r, f"GPU {g} is also held by {rs[0].id}, which serves")
+    # 2. Promotions.
+    for r in list(live.values()):
+        if r.role == "starting" and r.ready:
             acts.append(Action("promote", r.pool, r.id, role=r.target_role, reason="ready",
                                detail={"load_s": round(now - r.created_at, 3)}))
             change(r, r.target_role)
 
-    # 3. Drains that are done: demote to warm if the pool wants one, else stop.
-    settle = max(1.0, 2 * cfg.gateway.reload_min_interval_s)
+    # 3. Drains that are done: demote to warm if the pool wants one, else stop. A drain counts from the
+    # moment nginx no longer routes to the replica: until then, empty is not drained.
+    settle = max(1.0, cfg.tick_s)
     for p in cfg.pools:
-        st = states.get(p.name)
-        want_warm = st.decision.desired_warm if st and st.decision else 0
+        st = work[p.name]
+        want_warm = st.decision.desired_warm if st.decision else 0
         warm_now = sum(1 for r in live.values() if r.pool == p.name and r.role == "warm")
+        unrouted: dict[str, float] = {}
         for r in sorted((r for r in live.values() if r.pool == p.name and r.role == "draining"),
                         key=lambda r: r.role_since):
-            why = drain_finished(_view(r), now, p.drain_timeout_s, settle)
+            if snap.gateway_pending or r.id in snap.routed:
+                continue
+            since = unrouted[r.id] = st.unrouted_since.get(r.id, now)
+            why = drain_finished(replace(_view(r), role_since=since), now, p.drain_timeout_s, settle)
             if why is None:
                 continue
-            timed_out = now - r.role_since >= p.drain_timeout_s
-            # Empty is not drained while nginx may still send it a request.
-            if not timed_out and (snap.gateway_pending or r.id in snap.routed):
-                continue
+            del unrouted[r.id]
             if warm_now < want_warm and r.ready and r.config_hash == p.config_hash():
                 acts.append(Action("demote", p.name, r.id, role="warm", reason=why))
                 change(r, "warm")
                 warm_now += 1
             else:
                 stop(r, why)
+        work[p.name] = replace(st, unrouted_since=unrouted)
 
     # 4. The policy and the plan, pool by pool; GPUs held by anything observed stay held.
     used = {g for r in snap.replicas for g in r.gpus}
     new_states = dict(states)
     for p in cfg.pools:
-        st, pool_acts, pool_events = _pool_step(cfg, p, live, states.get(p.name, PoolState()), snap, used, now,
-                                                policy, initial_state)
+        try:
+            st, pool_acts, pool_events = _pool_step(cfg, p, live, work[p.name], snap, set(used), now,
+                                                    policy, initial_state)
+        except Exception as e:  # a bug or garbage in one pool must not stop the others
+            why = f"{type(e).__name__}: {e}"
+            new_states[p.name] = replace(work[p.name], error=why)
+            if why != work[p.name].error:
+                events.append(Event("pool_error", p.name, {"reason": why}))
+            continue
         new_states[p.name] = st
         events += pool_events
         for a in pool_acts:
             acts.append(a)
+            if a.spec is not None:
+                used.update(a.spec.gpus)
             r = live.get(a.replica or "")
             if r is None:
                 continue
@@ -281,6 +343,7 @@ def _pool_step(
 
     acts: list[Action] = []
     no_capacity = None
+    backoff = st.backoff_until > now
     for a in plan(d.desired_active, d.desired_warm, [_view(r) for r in mine]):
         if a.kind == "activate":
             acts.append(Action("activate", p.name, a.replica, role="active", reason=a.reason))
@@ -292,6 +355,8 @@ def _pool_step(
             r = live[a.replica or ""]
             acts.append(Action("stop", p.name, a.replica, reason=a.reason, detail={"role": r.role}))
         elif a.kind == "start" and a.role:
+            if backoff:  # crash loop: no cold start until the backoff has passed
+                break
             placed = place_replica(snap.gpus, p, used)
             if placed is None:
                 no_capacity = f"no free GPUs for a {p.gpus_per_replica}-GPU replica"
@@ -303,4 +368,4 @@ def _pool_step(
                                detail={"placement": placed.note}))
     if no_capacity is not None and no_capacity != st.no_capacity:
         events.append(Event("no_capacity", p.name, {"reason": no_capacity}))
-    return PoolState(d.state, history, d, no_capacity), acts, events
+    return replace(st, policy=d.state, signals=history, decision=d, no_capacity=no_capacity, error=None), acts, events

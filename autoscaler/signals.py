@@ -32,10 +32,20 @@ class ReplicaSample:
 
 
 def parse_metrics(text: str, t: float) -> ReplicaSample:
+    """One scrape → one sample. Anything the signals cannot use honestly (NaN, ±Inf, a bucket without
+    a numeric `le`, text the parser refuses) is a ValueError: the replica's scrape failed, and only
+    that replica's health pays for it."""
     running = waiting = kv = requests = 0.0
     buckets: dict[float, float] = {}
-    for fam in text_string_to_metric_families(text):
+    try:
+        families = list(text_string_to_metric_families(text))
+    except Exception as e:  # the parser raises more than ValueError on garbage
+        raise ValueError(f"unparsable metrics: {type(e).__name__}: {e}") from None
+    for fam in families:
         for s in fam.samples:
+            used = fam.name in _RUNNING + _WAITING + _KV + _TTFT + _SUCCESS
+            if used and not math.isfinite(s.value) and not (fam.name in _TTFT and s.name.endswith("_sum")):
+                raise ValueError(f"{s.name} is {s.value}: not a finite number")
             if fam.name in _RUNNING and s.name == fam.name:
                 running += s.value
             elif fam.name in _WAITING and s.name == fam.name:
@@ -43,10 +53,17 @@ def parse_metrics(text: str, t: float) -> ReplicaSample:
             elif fam.name in _KV and s.name == fam.name:
                 kv = max(kv, s.value)
             elif fam.name in _TTFT and s.name.endswith("_bucket"):
-                le = float(s.labels["le"])
+                try:
+                    le = float(s.labels["le"])
+                except (KeyError, ValueError):
+                    raise ValueError(f"{s.name} sample without a numeric le label: {s.labels}") from None
+                if math.isnan(le):
+                    raise ValueError(f"{s.name} has le=NaN")
                 buckets[le] = buckets.get(le, 0.0) + s.value
             elif fam.name in _SUCCESS and s.name.endswith("_total"):
                 requests += s.value
+    if running < 0 or waiting < 0:
+        raise ValueError(f"negative request counts (running {running}, waiting {waiting})")
     return ReplicaSample(t, running, waiting, kv, tuple(sorted(buckets.items())), requests)
 
 

@@ -43,6 +43,10 @@ class PoolStatus(_M):
     panic: bool
     reason: str | None
     no_capacity: str | None
+    crashes: int = 0  # failed starts and crashes in a row (see backoff)
+    backoff_until: float | None = None  # no cold start before this (crash loop)
+    backoff_reason: str | None = None
+    error: str | None = None  # the pool's step raised this last tick
     signals: SignalsStatus | None
     replicas: list[ReplicaStatus]
 
@@ -84,6 +88,9 @@ class FleetStatus(_M):
     time: float
     runtime: str
     ticks: int
+    last_tick_at: float | None = None  # the loop's liveness: end of the last tick
+    last_tick_s: float | None = None  # how long it took
+    tick_errors: int = 0
     pools: dict[str, PoolStatus]
     gateway: GatewayStatus
     events: list[EventStatus]

@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--step-base", type=float, default=None, help="decode step at batch 1, seconds")
     ap.add_argument("--step-per-seq", type=float, default=None, help="extra step time per sequence")
     ap.add_argument("--kv-capacity", type=int, default=None, help="KV cache size in tokens")
+    ap.add_argument("--max-waiting", type=int, default=None,
+                    help="requests queued beyond the batch slots before 429 (default 1024)")
     ap.add_argument("--replica-id", default=None, help="set by the autoscaler; shows in ps")
     args = ap.parse_args(argv)
     profile = PROFILES[args.profile].with_overrides(
@@ -31,7 +33,8 @@ def main(argv: list[str] | None = None) -> None:
         step_per_seq_s=args.step_per_seq,
         kv_capacity_tokens=args.kv_capacity,
     )
-    app = create_app(SimEngine(profile), args.model)
+    app = create_app(SimEngine(profile), args.model,
+                     **({"max_waiting": args.max_waiting} if args.max_waiting else {}))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=5)
 

@@ -26,10 +26,31 @@ from inference.protocol import (
     parse_body,
 )
 
+BODY_READ_TIMEOUT_S = 30.0  # a client that sends its body slower than this gets 408, not a held slot
+MAX_WAITING_DEFAULT = 1024  # requests queued beyond the batch slots before 429s
+DISCONNECT_POLL_S = 0.1
 
-def _err(e: OpenAIError) -> JSONResponse:
-    headers = {"Retry-After": "1"} if e.status == 503 else None
-    return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+def _err(e: OpenAIError, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = dict(headers or {})
+    if e.status in (429, 503):
+        headers.setdefault("Retry-After", "1")
+    return JSONResponse(e.body(), status_code=e.status, headers=headers or None)
+
+
+def _request_body_schemas() -> dict[str, Any]:
+    """The POST bodies' JSON schemas, refs pointing into components (for the OpenAPI document)."""
+    out: dict[str, Any] = {}
+    for m in (ChatCompletionRequest, CompletionRequest):
+        schema = m.model_json_schema(ref_template="#/components/schemas/{model}")
+        out.update(schema.pop("$defs", {}))
+        out[m.__name__] = schema
+    return out
+
+
+def _body(model: type[Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
 
 
 def _sse(obj: dict[str, Any] | str) -> bytes:
@@ -37,7 +58,8 @@ def _sse(obj: dict[str, Any] | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
-def create_app(engine: Engine, served_model: str) -> FastAPI:
+def create_app(engine: Engine, served_model: str, max_waiting: int = MAX_WAITING_DEFAULT,
+               body_timeout_s: float = BODY_READ_TIMEOUT_S) -> FastAPI:
     metrics = ReplicaMetrics(served_model)
 
     @asynccontextmanager
@@ -48,9 +70,25 @@ def create_app(engine: Engine, served_model: str) -> FastAPI:
 
     app = FastAPI(title="gpufleet replica", lifespan=lifespan)
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            doc = get_openapi(title=app.title, version="1", routes=app.routes)
+            doc.setdefault("components", {}).setdefault("schemas", {}).update(_request_body_schemas())
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.exception_handler(OpenAIError)
     async def _openai_error(_: Request, e: OpenAIError) -> JSONResponse:
         return _err(e)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, e: Exception) -> JSONResponse:
+        # whatever slipped through is still an OpenAI-shaped answer, not plain text
+        return _err(OpenAIError(500, f"internal error: {type(e).__name__}", type_="server_error"))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -58,7 +96,7 @@ def create_app(engine: Engine, served_model: str) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        return _err(OpenAIError(e.status_code, str(e.detail), code=None))
+        return _err(OpenAIError(e.status_code, str(e.detail), code=None), headers=e.headers)  # Allow on 405
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -87,8 +125,17 @@ def create_app(engine: Engine, served_model: str) -> FastAPI:
             raise OpenAIError(404, f"The model `{name}` does not exist.", param="model",
                               code="model_not_found")
 
-    async def run(req: ChatCompletionRequest | CompletionRequest, chat: bool) -> Response:
+    async def read(request: Request) -> bytes:
+        try:
+            return await asyncio.wait_for(request.body(), body_timeout_s)
+        except TimeoutError:
+            raise OpenAIError(408, f"request body not received within {body_timeout_s:g}s") from None
+
+    async def run(req: ChatCompletionRequest | CompletionRequest, chat: bool, request: Request) -> Response:
         check_model(req.model)
+        if engine.stats().waiting >= max_waiting:
+            raise OpenAIError(429, f"Too many requests waiting ({max_waiting}); retry shortly.",
+                              type_="rate_limit_exceeded", code="queue_full")
         prompt = req.prompt_text()
         prompt_tokens = count_tokens(prompt)
         max_tokens = req.token_budget()
@@ -120,12 +167,31 @@ def create_app(engine: Engine, served_model: str) -> FastAPI:
         if not req.stream:
             parts = [first]
             gaps: list[float] = []
-            last = time.monotonic()
-            async for tok in stream:
-                now = time.monotonic()
-                gaps.append(now - last)
-                last = now
-                parts.append(tok)
+
+            async def collect() -> None:
+                last = time.monotonic()
+                async for tok in stream:
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+                    parts.append(tok)
+
+            async def gone() -> None:
+                while not await request.is_disconnected():
+                    await asyncio.sleep(DISCONNECT_POLL_S)
+
+            # A client that hangs up frees its batch slot now, not when the generation would have ended.
+            work, watch = asyncio.create_task(collect()), asyncio.create_task(gone())
+            try:
+                await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                watch.cancel()
+                if not work.done():
+                    work.cancel()
+                    await stream.aclose()
+            if not work.done() or work.cancelled():
+                return Response(status_code=499)  # nobody is listening
+            work.result()
             text = "".join(parts)
             record(len(parts), gaps)
             choice: dict[str, Any] = {"index": 0, "finish_reason": "length", "logprobs": None}
@@ -181,12 +247,12 @@ def create_app(engine: Engine, served_model: str) -> FastAPI:
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=_body(ChatCompletionRequest))
     async def chat(request: Request) -> Response:
-        return await run(parse_body(await request.body(), ChatCompletionRequest), chat=True)
+        return await run(parse_body(await read(request), ChatCompletionRequest), True, request)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=_body(CompletionRequest))
     async def completions(request: Request) -> Response:
-        return await run(parse_body(await request.body(), CompletionRequest), chat=False)
+        return await run(parse_body(await read(request), CompletionRequest), False, request)
 
     return app

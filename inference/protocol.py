@@ -110,13 +110,21 @@ def count_tokens(text: str) -> int:
 
 def parse_body(raw: bytes, model: type[_M]) -> _M:
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(raw.decode("utf-8"))
+        # a lone surrogate ("\ud800") parses, but no UTF-8 text can carry it
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeError as e:
+        raise OpenAIError(400, f"Request body is not valid UTF-8 text: {e.reason}") from None
+    except RecursionError:
+        raise OpenAIError(400, "Request body is nested too deeply.") from None
+    except ValueError as e:  # JSONDecodeError, an integer of thousands of digits
         raise OpenAIError(400, f"Request body is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise OpenAIError(400, "Request body must be a JSON object.")
     try:
         return model.model_validate(data)
+    except RecursionError:
+        raise OpenAIError(400, "Request body is nested too deeply.") from None
     except ValidationError as e:
         err = e.errors()[0]
         param = ".".join(str(p) for p in err["loc"]) or None

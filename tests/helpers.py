@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +19,7 @@ import httpx
 import pytest
 import yaml
 
+from autoscaler.procs import pid_alive  # noqa: F401  (tests import it from here)
 from autoscaler.status import FleetStatus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,19 +59,27 @@ def require_host_binaries() -> None:
         pytest.skip(msg)
 
 
-def pid_alive(pid: int) -> bool:
+@contextlib.contextmanager
+def replica_process(*args: str, model: str = "m1", ready: bool = False) -> Iterator[str]:
+    """`python -m inference` on a free port; yields its URL once /health (or /ready) answers."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "inference", "--port", str(port), "--model", model, *args])
+    url = f"http://127.0.0.1:{port}"
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (FileNotFoundError, IndexError):
-        return False
+        path = "/ready" if ready else "/health"
+        wait_for(lambda: httpx.get(f"{url}{path}").status_code == 200, 20, f"replica {path}")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 class LocalStack:
     """`gpufleet up --local` as a real subprocess, on free ports, in a temp run dir."""
 
-    def __init__(self, tmp: Path, config: dict[str, Any]) -> None:
+    def __init__(self, tmp: Path, config: dict[str, Any], env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
+        self.env = {**os.environ, **(env or {})}
         tmp.mkdir(parents=True, exist_ok=True)
         self.run_dir = tmp / "run"
         self.gw_port, self.admin_port, self.prom_port = free_port(), free_port(), free_port()
@@ -91,7 +100,7 @@ class LocalStack:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "autoscaler.cli", "up", "--local", "--config",
                  str(self.config_path), "--run-dir", str(self.run_dir)],
-                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env,
             )
         self.wait_active(active, timeout)
         return self

@@ -5,6 +5,7 @@ that fails keeps the last good files and is counted, never fatal."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -26,6 +27,7 @@ from autoscaler.gateway.render import (
     render_gateway,
     render_template,
 )
+from autoscaler.procs import pid_alive
 
 log = logging.getLogger("gpufleet.gateway")
 
@@ -75,8 +77,12 @@ class Gateway:
         validate: Callable[[], tuple[bool, str]],
         signal_reload: Callable[[], None],
         probe: Callable[[], str | None] | None = None,
+        main_conf: Callable[[], str] | None = None,
     ) -> None:
         self.conf_dir = conf_dir
+        # Docker: nginx.conf itself is rendered here from fleet.yaml's gateway settings and lives in the
+        # shared volume with the rest, so nothing the user sets is baked into the image.
+        self._main_conf = main_conf
         self.cfg = cfg
         self._validate = validate
         self._signal = signal_reload
@@ -118,6 +124,8 @@ class Gateway:
         """
         try:
             files = render_gateway(routes, self.cfg.upstream_template)
+            if self._main_conf is not None:
+                files[MAIN_CONF] = self._main_conf()
         except Exception as e:  # a broken template must never take the gateway down
             self._error(f"render failed: {type(e).__name__}: {e}")
             return False
@@ -217,10 +225,12 @@ class Gateway:
 
 
 DOCKER_CONF_DIR = "/etc/nginx/gpufleet"  # a volume the autoscaler writes
+MAIN_CONF = "nginx.conf"
 
 
 def docker_nginx_conf(port: int = 8080, client_max_body_size: str = "1m", worker_shutdown_timeout: int = 240) -> str:
-    """The gateway image's nginx.conf: the same template as the local stack, container paths."""
+    """The gateway's nginx.conf in Docker: the same template as the local stack, container paths. The image
+    carries it rendered with the defaults; the autoscaler renders it again from fleet.yaml."""
     return render_template(
         packaged_template("nginx.conf.j2"), mode="docker", njs_module="/usr/lib/nginx/modules/ngx_http_js_module.so",
         worker_processes="auto", run_dir="/var/run/gpufleet-nginx", conf_dir=DOCKER_CONF_DIR, foreground=False,
@@ -243,6 +253,7 @@ class LocalNginx:
                                "libnginx-mod-http-js)")
         self.conf = self.conf_dir / "nginx.conf"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None  # the master: ours, or adopted from a killed predecessor
 
     def render_main(self) -> None:
         for d in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
@@ -259,7 +270,7 @@ class LocalNginx:
             foreground=True,
             worker_shutdown_timeout=self.cfg.worker_shutdown_timeout_s,
             access_log=f"{self.run_dir}/nginx-access.log gpufleet",
-            listen=self.cfg.listen,
+            listen=self.cfg.listen_host,
             port=self.cfg.port,
             client_max_body_size=self.cfg.client_max_body_size,
         )
@@ -271,7 +282,7 @@ class LocalNginx:
                 "-e", str(self.run_dir / "nginx-error.log"), *extra]
 
     def probe(self) -> str | None:
-        host = "127.0.0.1" if self.cfg.listen in ("0.0.0.0", "::", "") else self.cfg.listen
+        host = "127.0.0.1" if self.cfg.listen in ("0.0.0.0", "::", "") else self.cfg.listen_host
         with httpx.Client(timeout=1.0) as c:  # a new connection: what a new client would get
             return c.get(f"http://{host}:{self.cfg.port}/v1/models").headers.get("x-gpufleet-generation")
 
@@ -286,21 +297,44 @@ class LocalNginx:
         log_f = open(self.run_dir / "nginx-stdout.log", "ab")  # noqa: SIM115 (lives with the process)
         self.proc = subprocess.Popen(self._cmd(), stdout=log_f, stderr=subprocess.STDOUT,
                                      start_new_session=True)
+        self.pid = self.proc.pid
+
+    def adopt(self) -> bool:
+        """Keep serving through an autoscaler restart: take over the nginx a killed predecessor left
+        running on this run dir (its pid file, and its command line naming our config)."""
+        try:
+            pid = int((self.run_dir / "nginx.pid").read_text().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if str(self.conf).encode() not in f.read():
+                    return False
+        except (OSError, ValueError):
+            return False
+        self.pid = pid
+        return self.alive()
 
     def reload(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        if not self.alive():
             raise RuntimeError("nginx is not running")
-        self.proc.send_signal(signal.SIGHUP)
+        assert self.pid is not None
+        os.kill(self.pid, signal.SIGHUP)
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return self.pid is not None and pid_alive(self.pid)
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        if not self.alive():
             return
-        self.proc.send_signal(signal.SIGQUIT)  # graceful: let open streams finish
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        assert self.pid is not None
+        os.kill(self.pid, signal.SIGQUIT)  # graceful: let open streams finish
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
+

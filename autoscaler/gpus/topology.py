@@ -75,6 +75,26 @@ class TopologyParseError(ValueError):
 
 
 _SPLIT = re.compile(r"\t| {2,}")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # nvidia-smi underlines the header on a terminal
+_MULTI_WORD = (("GPU", "NUMA", "ID"), ("CPU", "Affinity"), ("NUMA", "Affinity"))
+
+
+def _header_columns(line: str) -> list[str]:
+    """Column names, however the header is separated: tabs (current drivers), runs of spaces, or single
+    spaces (older drivers print the header unlike the rows); multi-word names are put back together."""
+    words = _ANSI.sub("", line).split()
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        for name in _MULTI_WORD:
+            if tuple(words[i:i + len(name)]) == name:
+                out.append(" ".join(name))
+                i += len(name)
+                break
+        else:
+            out.append(words[i])
+            i += 1
+    return out
 _CELL = re.compile(r"^(X|SYS|SOC|NODE|PHB|PXB|PIX|NV(\d+))$")
 _OLD_NAMES = {"SOC": "SYS"}  # legends before NODE existed called cross-socket SOC
 
@@ -107,13 +127,13 @@ def _cell(token: str, source: str, lineno: int) -> Link | None:
 
 
 def parse_topo_matrix(text: str, source: str = "topology") -> Topology:
-    lines = text.splitlines()
+    lines = [_ANSI.sub("", ln) for ln in text.splitlines()]
     # The header names the columns and has no 'X' cell; rows have one on the diagonal.
-    header_no = next((i for i, ln in enumerate(lines) if re.search(r"\bGPU0\b", ln)
-                      and "X" not in [t.strip() for t in _SPLIT.split(ln)]), None)
+    header_no = next((i for i, ln in enumerate(lines) if "GPU0" in _header_columns(ln)
+                      and "X" not in ln.split()), None)
     if header_no is None:
         raise TopologyParseError(source, 1, "no header line with GPU0 (is this `nvidia-smi topo -m` output?)")
-    header = [h.strip() for h in _SPLIT.split(lines[header_no]) if h.strip()]
+    header = _header_columns(lines[header_no])
     devices = header[: header.index("CPU Affinity")] if "CPU Affinity" in header else header
     for d in devices:
         if " " in d:

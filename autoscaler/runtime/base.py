@@ -4,6 +4,7 @@ them again; nothing here is only in memory."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -11,11 +12,21 @@ Role = Literal["starting", "warm", "active", "draining"]
 ROLES: tuple[Role, ...] = ("starting", "warm", "active", "draining")
 
 
+_PLACEHOLDER = re.compile(r"\{(model|port|host|replica_id)\}")
+
+
+def fill_argv(argv: tuple[str, ...], **values: object) -> list[str]:
+    """Put {model}, {port}, {host}, {replica_id} in, in one pass: any other brace, and any brace inside a
+    value (a model called "a{b}"), stays as written. (str.format would raise on both.)"""
+    return [_PLACEHOLDER.sub(lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), a)
+            for a in argv]
+
+
 @dataclass(frozen=True)
 class ReplicaSpec:
     pool: str
     model: str
-    argv: tuple[str, ...]  # with {port} and {host} placeholders for the runtime to fill
+    argv: tuple[str, ...]  # with {model}, {port}, {host}, {replica_id} for the runtime to fill (fill_argv)
     config_hash: str
     target_role: Role  # what it becomes once ready: active or warm
     gpus: tuple[str, ...] = ()
@@ -37,6 +48,9 @@ class Replica:
     created_at: float  # wall clock
     alive: bool  # the process/container is running
     role_since: float = 0.0  # wall clock of the last role change
+    # a removal has begun (recorded before the first signal): a restarted autoscaler finishes it and
+    # counts its GPUs as held until the replica is gone
+    stopping: bool = False
     labels: dict[str, str] = field(default_factory=dict, compare=False)
 
 
@@ -50,5 +64,5 @@ class Runtime(Protocol):
     def set_role(self, replica_id: str, role: Role, target_role: Role | None = None) -> None: ...
 
     def remove(self, replica_id: str) -> None:
-        """Stop (gracefully, then force) and forget the replica."""
+        """Mark the replica stopping, stop it (gracefully, then force) and forget it. Idempotent."""
         ...

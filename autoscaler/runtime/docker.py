@@ -4,7 +4,8 @@ What never changes about a replica (pool, model, GPU ids, config hash, creation
 time) is in its labels. Docker labels are immutable, so the one thing that
 changes — the role — is kept in the container's *name*, which Docker lets us
 rename atomically: `<project>-<pool>-<id>--<role>` (role `starting.active`,
-`starting.warm`, `warm`, `active`, `draining`). Both survive an autoscaler
+`starting.warm`, `warm`, `active`, `draining`, and `stopping` once a removal
+has begun). Both survive an autoscaler
 restart; `docker ps` shows them.
 
 Replicas carry the compose project label so `docker compose ps` lists them,
@@ -20,7 +21,7 @@ import time
 import uuid
 from typing import Any
 
-from autoscaler.runtime.base import Replica, ReplicaSpec, Role
+from autoscaler.runtime.base import Replica, ReplicaSpec, Role, fill_argv
 
 L = "io.gpufleet."
 REPLICA_PORT = 8000
@@ -31,10 +32,16 @@ def container_name(project: str, pool: str, rid: str, role: Role, target: Role) 
     return f"{project}-{rid}--{r}"
 
 
+STOPPING = "stopping"
+
+
 def parse_role(name: str) -> tuple[Role, Role] | None:
+    """(role, target) from a container name; a stopping replica reads as draining (see is_stopping)."""
     _, sep, r = name.lstrip("/").rpartition("--")
     if not sep:
         return None
+    if r == STOPPING:
+        return "draining", "draining"
     if r.startswith("starting."):
         target = r.split(".", 1)[1]
         return ("starting", target) if target in ("active", "warm") else None  # type: ignore[return-value]
@@ -83,6 +90,7 @@ class DockerRuntime:
             created_at=float(labels.get(f"{L}created-at", "0")),
             alive=c.status == "running" and bool(ip),
             role_since=self._since.setdefault(f"{labels[f'{L}replica']}:{role}", time.time()),
+            stopping=c.name.lstrip("/").endswith(f"--{STOPPING}"),
             labels={"container": c.id[:12], "name": c.name},
         )
 
@@ -92,6 +100,10 @@ class DockerRuntime:
             r = self._to_replica(c)
             if r is not None:
                 out.append(r)
+        # role clocks of replicas that are gone: the map never outgrows the fleet
+        keep = {f"{r.id}:{r.role}" for r in out}
+        for k in [k for k in self._since if k not in keep]:
+            del self._since[k]
         return out
 
     def _find(self, rid: str) -> Any:
@@ -119,7 +131,7 @@ class DockerRuntime:
             # compose lists only containers that carry a config hash
             "com.docker.compose.config-hash": spec.config_hash,
         }
-        argv = [a.format(port=REPLICA_PORT, host="0.0.0.0", replica_id=rid) for a in spec.argv]
+        argv = fill_argv(spec.argv, model=spec.model, port=REPLICA_PORT, host="0.0.0.0", replica_id=rid)
         if argv and "python" in argv[0].rsplit("/", 1)[-1]:
             argv[0] = "python"  # the image's interpreter, not the path the autoscaler runs from
         kwargs: dict[str, Any] = {}
@@ -160,6 +172,10 @@ class DockerRuntime:
             c = self._find(replica_id)
         except KeyError:
             return
+        if not c.name.lstrip("/").endswith(f"--{STOPPING}"):
+            # before the stop signal: a restarted autoscaler sees it stopping and finishes the job
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                c.rename(f"{self.project}-{replica_id}--{STOPPING}")
         # Another remover (shutdown racing a scale-down) may get there first: gone is gone.
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             c.stop(timeout=int(grace_s))
@@ -188,7 +204,7 @@ class DockerNginx:
 
     def validate(self) -> tuple[bool, str]:
         try:
-            res = self._container().exec_run(["nginx", "-t", "-q"])
+            res = self._container().exec_run(["nginx", "-t", "-q", "-c", "/etc/nginx/gpufleet/nginx.conf"])
         except RuntimeError as e:
             return False, str(e)
         return res.exit_code == 0, res.output.decode(errors="replace")

@@ -18,7 +18,8 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
-from autoscaler.runtime.base import Replica, ReplicaSpec, Role
+from autoscaler.procs import pid_alive
+from autoscaler.runtime.base import Replica, ReplicaSpec, Role, fill_argv
 
 
 def _free_port(host: str) -> int:
@@ -29,14 +30,12 @@ def _free_port(host: str) -> int:
 
 def _pid_running(pid: int, replica_id: str) -> bool:
     """Alive and really ours: pids are reused, zombies are dead."""
+    if not pid_alive(pid):
+        return False
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-        if state in ("Z", "X"):
-            return False
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return replica_id.encode() in f.read()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
+    except OSError:
         return False
 
 
@@ -85,6 +84,7 @@ class LocalRuntime:
             created_at=float(d["created_at"]),  # type: ignore[arg-type]
             alive=alive,
             role_since=float(d.get("role_since", d["created_at"])),  # type: ignore[arg-type]
+            stopping=bool(d.get("stopping", False)),
             labels={"pid": str(pid)},
         )
 
@@ -108,7 +108,7 @@ class LocalRuntime:
             "created_at": now, "role_since": now, "pid": None, "spec": asdict(spec),
         }
         self._write(rid, data)  # state first: a crash from here on leaves a record to clean up
-        argv = [a.format(port=port, host=self.host, replica_id=rid) for a in spec.argv]
+        argv = fill_argv(spec.argv, model=spec.model, port=port, host=self.host, replica_id=rid)
         env = dict(os.environ, GPUFLEET_REPLICA_ID=rid)
         visible = cuda_visible_devices(spec.gpus)
         if visible is not None:
@@ -139,6 +139,9 @@ class LocalRuntime:
             d = self._read(replica_id)
         except FileNotFoundError:
             return
+        if not d.get("stopping"):
+            d["stopping"] = True
+            self._write(replica_id, d)  # before the first signal: a restarted autoscaler finishes the job
         pid = d.get("pid")
         child = self._children.pop(replica_id, None)
         if isinstance(pid, int) and (child is not None or _pid_running(pid, replica_id)):

@@ -132,7 +132,7 @@ def compact_timeline(timeline: list[tuple[float, dict[str, Any]]], t0: float) ->
     return out
 
 
-def write_report(run: Run, summary: dict[str, Any], out_dir: Path) -> None:
+def write_report(run: Run, summary: dict[str, Any], out_dir: Path, plot: bool = True) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = summary["started_at"]
     events: dict[tuple, dict] = {}
@@ -155,5 +155,6 @@ def write_report(run: Run, summary: dict[str, Any], out_dir: Path) -> None:
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
     text = format_summary(summary)
     (out_dir / "summary.txt").write_text(text + "\n")
-    plot_timeline(out_dir / "timeline.png", run.results, run.timeline, t0, summary["pool"],
-                  f"gpufleet scale-test: {run.sc.name} ({summary['requests']} requests)")
+    if plot:
+        plot_timeline(out_dir / "timeline.png", run.results, run.timeline, t0, summary["pool"],
+                      f"gpufleet scale-test: {run.sc.name} ({summary['requests']} requests)")

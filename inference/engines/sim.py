@@ -66,7 +66,7 @@ class SimEngine:
         cap = self.profile.kv_capacity_tokens
         return EngineStats(
             running=len(self._running),
-            waiting=len(self._waiting),
+            waiting=sum(1 for s in self._waiting if not s.cancelled),  # a hung-up client is no load
             kv_cache_usage=min(1.0, self._kv_used / cap) if cap else 0.0,
         )
 

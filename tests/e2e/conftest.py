@@ -65,6 +65,8 @@ class ComposeStack:
         self.fleet.write_text(yaml.safe_dump({
             "gpus": {"source": "auto", "virtual_slots": 6},
             "admin": {"host": "0.0.0.0", "port": 8181},
+            # not the default (1m): the Docker gateway must take it from here, not from its image
+            "gateway": {"client_max_body_size": "3m"},
             "pools": [{
                 "name": "chat", "model": "tiny-chat", "engine": "sim",
                 "sim": {"profile": "tiny", "load_time_s": 3, "max_num_seqs": 4, "step_base_s": 0.05,

@@ -7,6 +7,7 @@ import subprocess
 import threading
 import time
 
+import httpx
 import openai
 
 from autoscaler.scaletest.loadgen import Result, constant_rate, run_open_loop
@@ -38,6 +39,11 @@ def test_openai_client_through_the_compose_gateway(compose_stack):
     chunks = list(c.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "x"}],
                                             max_tokens=5, stream=True, stream_options={"include_usage": True}))
     assert chunks[-1].usage.completion_tokens == 5
+    # fleet.yaml's gateway settings reach nginx.conf in Docker too: a 2 MB body is read (not a 413)
+    big = httpx.post(f"{compose_stack.url}/v1/chat/completions", timeout=30,
+                     json={"model": "tiny-chat", "messages": [{"role": "user", "content": "x" * 2_000_000}],
+                           "max_tokens": 1})
+    assert big.status_code != 413 and big.json()["error"]["code"] == "context_length_exceeded", big.text
     # replicas are containers, listed by `docker compose ps`, with their state in labels/name
     reps = compose_stack.replicas()
     assert reps and all("io.gpufleet.pool=chat" in r["Labels"] for r in reps)
@@ -115,6 +121,103 @@ def test_compose_up_again_mid_traffic_stops_no_serving_replica(compose_stack):
     _assert_no_failures(results)
     still = {r["id"] for r in stack.status()["pools"]["chat"]["replicas"]}
     assert serving <= still, f"`docker compose up -d` stopped serving replicas: {serving - still}"
+
+
+def test_chaos_replicas_killed_and_stopped_autoscaler_killed_gateway_restarted(compose_stack):
+    """The chaos suite's faults on the Docker stack, under steady traffic: SIGKILL a replica container,
+    SIGSTOP another, SIGKILL the autoscaler and start it again, restart the gateway. No request fails but
+    those in flight on a faulted replica or refused while nginx restarted; no GPU label on two running
+    containers; the tick never stalls more than 3 s while the autoscaler runs."""
+    stack = compose_stack
+    wait_for(lambda: len(stack.active()) >= 1, 60, "an active replica")
+    results: list[Result] = []
+    t = _traffic(stack, constant_rate(CAPACITY, 0, 44, max_tokens=20), results)
+    faults: list[tuple[str, float]] = []
+    gateway_down: list[tuple[float, float]] = []
+    conflicts: list[str] = []
+    stalls: list[float] = []
+    stop, restarting = threading.Event(), threading.Event()
+
+    def monitor() -> None:
+        while not stop.is_set():
+            seen: dict[str, str] = {}
+            for c in stack.containers(f"io.gpufleet.owner={PROJECT}", all_=False):
+                rid = c["Labels"].split("io.gpufleet.replica=")[1].split(",")[0]
+                g = c["Labels"].split("io.gpufleet.gpus=")[1].split(",")[0]  # 1-GPU replicas here
+                if g and g in seen:
+                    conflicts.append(f"{g}: {seen[g]} and {rid}")
+                seen[g] = rid
+            if not restarting.is_set():
+                try:
+                    last = stack.status().get("last_tick_at")
+                    if last and not restarting.is_set():
+                        stalls.append(time.time() - last)
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.5)
+
+    mon = threading.Thread(target=monitor, daemon=True)
+    mon.start()
+    try:
+        for kind in ("kill_replica", "stop_replica", "restart_autoscaler", "restart_gateway"):
+            time.sleep(7)
+            now = time.time()
+            if kind in ("kill_replica", "stop_replica"):
+                victim = stack.active()[0]["id"]
+                (c,) = stack.containers(f"io.gpufleet.replica={victim}")
+                subprocess.run(["docker", "kill", "-s", "KILL" if kind == "kill_replica" else "STOP", c["ID"]],
+                               check=True, capture_output=True)
+            elif kind == "restart_autoscaler":
+                restarting.set()
+                subprocess.run(["docker", "kill", f"{PROJECT}-autoscaler-1"], check=True, capture_output=True)
+                stack.compose("up", "-d", "--no-build")
+                wait_for(lambda: stack.status()["last_tick_at"] is not None, 60, "the new autoscaler ticking")
+                restarting.clear()
+            else:
+                subprocess.run(["docker", "restart", f"{PROJECT}-gateway-1"], check=True, capture_output=True)
+                wait_for(lambda: httpx.get(f"{stack.url}/health", timeout=2).status_code == 200, 30,
+                         "the gateway back")
+                gateway_down.append((now, time.time()))
+            faults.append((kind, now))
+        t.join()
+    finally:
+        stop.set()
+        mon.join(10)
+
+    def why(r: Result) -> str | None:
+        end = r.sent + (r.e2e or 30)
+        for kind, tf in faults:
+            if kind.endswith("_replica") and r.sent <= tf + 20 and end >= tf:
+                return kind
+        for a, b in gateway_down:
+            if a - 1 <= end and r.sent <= b + 1:
+                return "gateway restart"
+        return None
+
+    failed = [r for r in results if not r.ok]
+    unexplained = [f"{r.sent:.1f} {r.status} {r.error}" for r in failed if why(r) is None]
+    print(f"\nFIGURES docker chaos: {len(results)} requests, {len(failed)} failed "
+          f"({len(failed) - len(unexplained)} explained by a fault), max tick stall "
+          f"{max(stalls, default=0):.2f}s, faults {[k for k, _ in faults]}")
+    assert len(faults) == 4 and results
+    assert not unexplained, unexplained[:10]
+    assert not conflicts, conflicts[:5]
+    assert stalls and max(stalls) <= 3.0, f"tick stalled {max(stalls):.1f}s"
+    wait_for(lambda: len(stack.active()) >= 1 and not any(
+        r["role"] == "draining" for r in stack.status()["pools"]["chat"]["replicas"]), 90, "the fleet healed")
+
+
+def test_the_docker_runtime_forgets_the_role_clocks_of_replicas_that_are_gone(compose_stack):
+    """Was: one entry per replica and role ever seen, for the autoscaler's lifetime."""
+    import docker
+    from autoscaler.runtime.docker import DockerRuntime
+
+    rt = DockerRuntime(docker.from_env(), PROJECT, f"{PROJECT}_default", "gpufleet/app:latest")
+    assert rt.list()
+    rt._since["r-chat-gone:active"] = 0.0  # a replica that was stopped since
+    now = rt.list()
+    assert "r-chat-gone:active" not in rt._since
+    assert set(rt._since) <= {f"{r.id}:{r.role}" for r in now} | {f"{r.id}:{r.role}" for r in rt.list()}
 
 
 def test_compose_down_leaves_no_container(compose_stack):

@@ -14,8 +14,9 @@ def local_stack(tmp_path: Path) -> Iterator[Callable[..., LocalStack]]:
     require_host_binaries()
     stacks: list[LocalStack] = []
 
-    def make(config: dict[str, Any], active: int = 1, start: bool = True) -> LocalStack:
-        s = LocalStack(tmp_path / f"stack{len(stacks)}", config)
+    def make(config: dict[str, Any], active: int = 1, start: bool = True,
+             env: dict[str, str] | None = None) -> LocalStack:
+        s = LocalStack(tmp_path / f"stack{len(stacks)}", config, env)
         stacks.append(s)
         return s.start(active) if start else s
 

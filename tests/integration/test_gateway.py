@@ -31,6 +31,12 @@ def test_openai_client_through_gateway_and_prometheus_sees_replicas(local_stack)
     with pytest.raises(openai.NotFoundError) as e:
         c.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     assert e.value.body["code"] == "model_not_found"
+    for name in ("constructor", "__proto__", "toString", "hasOwnProperty"):  # not Object.prototype's
+        r = httpx.post(f"{stack.url}/v1/chat/completions", json={"model": name, "messages": []})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found", (name, r.text)
+    for method in ("GET", "TRACE", "PUT"):  # TRACE is refused by nginx itself: JSON too, not its HTML page
+        r = httpx.request(method, f"{stack.url}/v1/chat/completions")
+        assert r.status_code == 405 and r.headers["allow"] == "POST" and r.json()["error"]["message"], method
     r = httpx.post(f"{stack.url}/v1/chat/completions", content=b"{oops")
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
     r = httpx.post(f"{stack.url}/v1/chat/completions", content=b"x" * (2 * 1024 * 1024))

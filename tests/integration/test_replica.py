@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -13,22 +11,14 @@ import openai
 import pytest
 
 from autoscaler.signals import parse_metrics
-from tests.helpers import free_port, wait_for
+from tests.helpers import replica_process, wait_for
 
 
 @pytest.fixture
 def replica() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "inference", "--port", str(port), "--model", "m1",
-                             "--load-time", "1.5", "--max-num-seqs", "2", "--step-base", "0.05",
-                             "--step-per-seq", "0"])
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: httpx.get(f"{url}/health").status_code == 200, 20, "replica /health")
+    with replica_process("--load-time", "1.5", "--max-num-seqs", "2", "--step-base", "0.05",
+                         "--step-per-seq", "0") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_ready_only_after_load_and_health_before(replica):
@@ -77,6 +67,15 @@ def test_openai_client_chat_completions_streaming_and_not(replica):
         (b'{"model": "m1", "messages": [{"role": "user", "content": "x"}], "temperature": 9}', 400,
          "temperature"),
         (b'{"model": "other", "messages": [{"role": "user", "content": "x"}]}', 404, "model"),
+        # each of these was a plain-text 500
+        (b'{"model": "m1", "messages": [{"role": "user", "content": "\\ud800"}]}', 400, None),
+        (b'{"model": "m1", "messages": [{"role": "user", "content": "x"}], "seed": ' + b"9" * 5000 + b"}",
+         400, None),
+        (b'{"model": "m1", "messages": [{"role": "user", "content": "x"}], "x": ' + b"[" * 100_000
+         + b"]" * 100_000 + b"}", 400, None),
+        (b'{"model": "m1", "messages": [{"role": "user", "content": "x"}], "x": ' + b"[" * 500
+         + b"]" * 500 + b"}", 200, None),
+        (b"\xff\xfe{}", 400, None),
     ],
 )
 def test_bad_input_gets_openai_error_never_500(replica, body, status, param):
@@ -84,9 +83,54 @@ def test_bad_input_gets_openai_error_never_500(replica, body, status, param):
     r = httpx.post(f"{replica}/v1/chat/completions", content=body,
                    headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
+    if status == 200:
+        return
     err = r.json()["error"]
     assert err["message"] and err["type"]
     assert err["param"] == param
+
+
+def test_wrong_method_is_an_openai_405_with_allow(replica):
+    r = httpx.get(f"{replica}/v1/chat/completions")
+    assert r.status_code == 405
+    assert r.headers["allow"] == "POST"
+    assert r.json()["error"]["message"]
+
+
+def test_a_client_that_hangs_up_frees_its_slot_and_is_no_load(replica):
+    """Non-streamed: the generation stops when the client goes, instead of running to max_tokens."""
+    wait_for(lambda: httpx.get(f"{replica}/ready").status_code == 200, 10, "ready")
+    body = {"model": "m1", "prompt": "x", "max_tokens": 400}  # 400 steps of 50 ms: 20 s if not aborted
+
+    def load() -> float:
+        s = parse_metrics(httpx.get(f"{replica}/metrics").text, 0)
+        return s.running + s.waiting
+
+    for _ in range(3):  # 2 slots: one of them waits
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{replica}/v1/completions", json=body, timeout=0.3)
+    wait_for(lambda: load() == 0 or None, 3, "the abandoned requests to leave the engine")
+    t = time.monotonic()
+    r = httpx.post(f"{replica}/v1/completions", json={**body, "max_tokens": 4}, timeout=10)
+    assert r.status_code == 200 and time.monotonic() - t < 2, "a slot was free at once"
+
+
+def test_a_full_wait_queue_answers_429_with_retry_after():
+    with replica_process("--load-time", "0", "--max-num-seqs", "1", "--step-base", "0.05", "--max-waiting", "2",
+                         ready=True) as url:
+
+        async def go() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=30) as c:
+                async def one(i: int) -> httpx.Response:
+                    await asyncio.sleep(0.05 * i)  # in order: 1 runs, 2 wait, the rest find the queue full
+                    return await c.post(f"{url}/v1/completions", json={"model": "m1", "prompt": "x",
+                                                                        "max_tokens": 10})
+                return await asyncio.gather(*(one(i) for i in range(6)))
+
+        codes = [r.status_code for r in asyncio.run(go())]
+        assert codes[:3] == [200, 200, 200] and codes[3:] == [429, 429, 429], codes
+        full = next(r for r in asyncio.run(go()) if r.status_code == 429)
+        assert full.headers["retry-after"] and full.json()["error"]["code"] == "queue_full"
 
 
 def test_continuous_batching_queues_beyond_slots_and_metrics_show_it(replica):

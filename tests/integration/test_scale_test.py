@@ -43,3 +43,12 @@ def test_no_stack_running_says_so_in_one_line(tmp_path):
                        timeout=60, cwd=ROOT)
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and "gpufleet up --local" in r.stderr
+
+
+def test_without_matplotlib_it_says_so_before_running_not_after(tmp_path):
+    """Was: a 5-minute run ending in a traceback, its PNG lost."""
+    code = ("import sys; sys.modules['matplotlib'] = None; from autoscaler.cli import main; "
+            "sys.exit(main(['scale-test', 'smoke', '--url', 'http://127.0.0.1:9', '--admin', 'http://127.0.0.1:9']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2 and "matplotlib" in r.stderr and "--no-plot" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

@@ -30,6 +30,15 @@ def test_default_config_is_valid_and_cpu_only():
          "pools[0].behavior.scale_up.stabilization_s"),
         ({"gpus": {"source": "topology"}, "pools": [{"name": "a", "model": "m"}]}, "topology_file"),
         ([1, 2], "expected a mapping"),
+        # each of these validated, then failed at run time
+        ({"pools": [{"name": "chat\n", "model": "m"}]}, "pools[0].name"),
+        ({"pools": [{"name": "a", "model": "m\nx"}]}, "pools[0].model"),
+        ({"pools": [{"name": "a", "model": "m", "engine": "command", "command": ["serve", "{model}"]}]},
+         "must contain {port}"),
+        ({"gateway": {"client_max_body_size": "1m; include /etc/passwd"}, "pools": [{"name": "a", "model": "m"}]},
+         "gateway.client_max_body_size"),
+        ({"gateway": {"listen": "0.0.0.0:80; x"}, "pools": [{"name": "a", "model": "m"}]}, "gateway.listen"),
+        ({"admin": {"host": "my host"}, "pools": [{"name": "a", "model": "m"}]}, "admin.host"),
     ],
 )
 def test_bad_config_names_the_field(data, needle):
@@ -63,3 +72,35 @@ def test_config_hash_changes_with_what_a_replica_runs():
     b = parse_config({"pools": [{"name": "a", "model": "m", "max_replicas": 9}]}).pools[0]
     c = parse_config({"pools": [{"name": "a", "model": "m2"}]}).pools[0]
     assert a.config_hash() == b.config_hash() != c.config_hash()
+
+
+def test_what_validates_starts_braces_in_argv_and_model_are_literal():
+    from autoscaler.reconcile import replica_argv
+    from autoscaler.runtime.base import fill_argv
+
+    cfg = parse_config({"pools": [
+        {"name": "a", "model": "org/m{v2}", "engine": "command",
+         "command": ["serve", "--model", "{model}", "--port", "{port}", "--extra", '{"json": 1}', "{nope}"]},
+        {"name": "b", "model": "m{port}"}]})
+    argv = fill_argv(replica_argv(cfg.pools[0]), model=cfg.pools[0].model, port=9, host="h", replica_id="r")
+    assert argv == ["serve", "--model", "org/m{v2}", "--port", "9", "--extra", '{"json": 1}', "{nope}"]
+    sim = fill_argv(replica_argv(cfg.pools[1]), model=cfg.pools[1].model, port=9, host="h", replica_id="r")
+    assert sim[sim.index("--model") + 1] == "m{port}", "a value is never re-scanned for placeholders"
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    (b"pools:\n  - name: a\n    model: \xff\xfe\n", "not UTF-8"),
+    (b"tick_s: " + b"9" * 5000 + b"\npools: [{name: a, model: m}]\n", "cannot read"),
+    (b"gpus: {source: topology, topology_file: nowhere.txt}\npools: [{name: a, model: m}]\n",
+     "gpus.topology_file"),
+    (b"gateway: {upstream_template: t.j2}\npools: [{name: a, model: m}]\n", "gateway.upstream_template"),
+])
+def test_files_a_config_names_are_checked_and_odd_bytes_are_one_line(tmp_path, content, needle):
+    (tmp_path / "t.j2").write_text("{% for p in pools %}{{ p.nope.deeper }}{% endfor %}")
+    f = tmp_path / "fleet.yaml"
+    f.write_bytes(content)
+    with pytest.raises(ConfigError, match=needle):
+        load_config(f)
+    r = subprocess.run([sys.executable, "-m", "autoscaler.cli", "validate", str(f)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and needle in r.stderr, r.stderr

@@ -117,30 +117,41 @@ def test_a_ready_warm_target_becomes_warm_and_is_not_routed():
 # ---- 3. finish drains ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("load", "since", "routed", "pending", "done"), [
-    (0, NOW - 5, set(), False, True),           # empty, unrouted, settled: done
+def unrouted(states: dict[str, PoolState], **since: float) -> dict[str, PoolState]:
+    """States in which nginx dropped these draining replicas at these times."""
+    return {"chat": replace(states["chat"], unrouted_since=since)}
+
+
+@pytest.mark.parametrize(("load", "dropped", "routed", "pending", "done"), [
+    (0, NOW - 5, set(), False, True),           # empty, out of nginx for a while: done
     (2, NOW - 5, set(), False, False),          # still has requests
-    (0, NOW - 0.5, set(), False, False),        # within the settle time of a reload
-    (0, NOW - 5, {"2"}, False, False),          # nginx still routes it: not drained yet
+    (0, None, set(), False, False),             # nginx dropped it just now: settle first
+    (0, NOW - 5, {"2"}, False, False),          # nginx routes it (again): not drained
     (0, NOW - 5, set(), True, False),           # a reload is pending
-    (3, NOW - 31, {"2"}, True, True),           # drain timeout: goes whatever is left
+    (3, NOW - 31, set(), False, True),          # drain timeout, counted from the drop: goes whatever is left
+    (3, None, {"2"}, False, False),             # draining for ages but still routed: the timeout has not begun
 ])
-def test_a_drain_finishes_only_when_nginx_no_longer_routes_an_empty_replica(load, since, routed, pending, done):
-    d = rep("2", "draining", gpu=1, load=load, since=since)
-    out = reconcile(fleet(), snap(rep("1", gpu=0), d, routed={"1", *routed}, pending=pending), steady(1), NOW)
+def test_a_drain_counts_only_from_when_nginx_no_longer_routes_the_replica(load, dropped, routed, pending, done):
+    d = rep("2", "draining", gpu=1, load=load, since=NOW - 500)
+    states = unrouted(steady(1), **({"2": dropped} if dropped is not None else {}))
+    out = reconcile(fleet(), snap(rep("1", gpu=0), d, routed={"1", *routed}, pending=pending), states, NOW)
     assert (("stop", "2", None) in acts(out)) == done
+    if not done and not routed and not pending:
+        assert out.states["chat"].unrouted_since["2"] == (dropped if dropped is not None else NOW)
 
 
 def test_a_drained_replica_is_demoted_when_the_pool_wants_a_warm_one():
     d = rep("2", "draining", gpu=1, since=NOW - 5)
-    out = reconcile(fleet(warm_pool={"min": 1, "max": 1}), snap(rep("1", gpu=0), d), steady(1, warm=1), NOW)
+    out = reconcile(fleet(warm_pool={"min": 1, "max": 1}), snap(rep("1", gpu=0), d),
+                    unrouted(steady(1, warm=1), **{"2": NOW - 5}), NOW)
     assert ("demote", "2", "warm") in acts(out)
     assert not [a for a in out.actions if a.kind == "start"], "the demoted replica fills the warm pool"
 
 
 def test_a_drained_replica_of_an_old_config_is_stopped_not_demoted():
     d = rep("2", "draining", gpu=1, since=NOW - 5, config_hash="old")
-    out = reconcile(fleet(warm_pool={"min": 1, "max": 1}), snap(rep("1", gpu=0), d), steady(1, warm=1), NOW)
+    out = reconcile(fleet(warm_pool={"min": 1, "max": 1}), snap(rep("1", gpu=0), d),
+                    unrouted(steady(1, warm=1), **{"2": NOW - 5}), NOW)
     assert ("stop", "2", None) in acts(out)
 
 
@@ -234,3 +245,75 @@ def test_pools_are_reconciled_independently():
     assert [r.servers for r in out.routes] == [(), ("10.0.0.2:8000",)]
     assert ("stop", "1", None) in acts(out)
     assert [(a.kind, a.pool) for a in out.actions if a.kind == "start"] == [("start", "a")]
+
+
+# ---- faults ---------------------------------------------------------------------------------
+
+
+def test_a_gpu_with_two_live_holders_keeps_the_serving_one_and_retires_the_other():
+    serving = rep("1", gpu=0, created_at=50.0)
+    stray = rep("2", "warm", gpu=0, created_at=10.0)  # older, but not serving
+    out = reconcile(fleet(), snap(serving, stray, routed={"1"}), steady(1), NOW)
+    stops = [a for a in out.actions if a.kind == "stop"]
+    assert [a.replica for a in stops] == ["2"]
+    assert "vslot0" in stops[0].reason and "1" in stops[0].reason
+    assert servers(out) == ("10.0.0.1:8000",)
+    # nothing new lands on vslot0 while the retired holder is on its way out
+    starts = [a for a in out.actions if a.kind == "start"]
+    assert all("vslot0" not in a.spec.gpus for a in starts)
+
+
+def test_between_two_loading_holders_of_a_gpu_the_older_stays():
+    a = rep("1", "starting", target="active", gpu=0, created_at=20.0, ready=False)
+    b = rep("2", "starting", target="active", gpu=0, created_at=30.0, ready=False)
+    out = reconcile(fleet(), snap(a, b), steady(1), NOW)
+    assert [a.replica for a in out.actions if a.kind == "stop"] == ["2"]
+
+
+def test_crashes_back_off_exponentially_and_a_first_crash_is_replaced_at_once():
+    cfg = fleet(start_backoff_s=2, start_backoff_max_s=10)
+    states = steady(1)
+    delays = []
+    t = NOW
+    for _ in range(5):
+        dead = rep("9", "starting", target="active", gpu=0, alive=False, ready=False)
+        out = reconcile(cfg, replace(snap(dead), now=t), states, t)
+        states = dict(out.states)
+        st = states["chat"]
+        delays.append(round(st.backoff_until - t, 3))
+        started = [a for a in out.actions if a.kind == "start"]
+        assert bool(started) == (delays[-1] == 0), "a start only when not backing off"
+        assert [e.detail["crashes"] for e in out.events if e.kind == "crash"] == [st.crashes]
+        # during the backoff: still no start
+        if delays[-1] > 0:
+            later = reconcile(cfg, replace(snap(), now=t + delays[-1] / 2), states, t + delays[-1] / 2)
+            assert not [a for a in later.actions if a.kind == "start"]
+            after = reconcile(cfg, replace(snap(), now=t + delays[-1]), states, t + delays[-1])
+            assert [a for a in after.actions if a.kind == "start"]
+        t += delays[-1] + 1
+    assert delays == [0, 2, 4, 8, 10]
+    # a long quiet spell: the count starts again
+    out = reconcile(cfg, replace(snap(rep("9", gpu=0, alive=False)), now=t + 100), states, t + 100)
+    assert out.states["chat"].crashes == 1 and out.states["chat"].backoff_until == t + 100
+
+
+def test_an_exception_in_one_pools_step_is_an_event_and_the_other_pool_goes_on():
+    cfg = parse_config({"gpus": {"source": "none"}, "pools": [
+        {"name": "a", "model": "ma", "min_replicas": 2, "targets": {"concurrency": 4}},
+        {"name": "b", "model": "mb", "min_replicas": 2, "targets": {"concurrency": 4}}]})
+
+    def policy(p, signals, view, state, now):
+        if p.name == "a":
+            raise ZeroDivisionError("bad signal")
+        from autoscaler.policy import decide
+        return decide(p, signals, view, state, now)
+
+    a = replace(rep("1", gpu=0), pool="a")
+    b = replace(rep("2", gpu=1), pool="b")
+    out = reconcile(cfg, snap(a, b), {}, NOW, policy=policy)
+    assert [(e.kind, e.pool) for e in out.events if e.kind == "pool_error"] == [("pool_error", "a")]
+    assert out.states["a"].error == "ZeroDivisionError: bad signal"
+    assert {a.pool for a in out.actions if a.kind == "start"} == {"b"}, "pool b scales; pool a is left as it was"
+    assert [r.servers for r in out.routes] == [("10.0.0.1:8000",), ("10.0.0.2:8000",)], "a keeps serving"
+    again = reconcile(cfg, snap(a, b), out.states, NOW + 1, policy=policy)
+    assert not [e for e in again.events if e.kind == "pool_error"], "the same error is one event, not one a tick"

@@ -64,3 +64,24 @@ def test_pool_signals_use_window_deltas_and_survive_restarts():
     assert s.request_rate == pytest.approx((10 + 6) / 2.0)
     assert 0.1 < s.ttft_p95_s <= 1.0
     assert pool_signals(2.0, [], 5).ready == 0
+
+
+@pytest.mark.parametrize("bad", [
+    "vllm:num_requests_running NaN\n",
+    "vllm:num_requests_running +Inf\n",
+    "vllm:num_requests_waiting -Inf\n",
+    "vllm:kv_cache_usage_perc NaN\n",
+    "# TYPE vllm:time_to_first_token_seconds histogram\nvllm:time_to_first_token_seconds_bucket 3\n",
+    '# TYPE vllm:time_to_first_token_seconds histogram\nvllm:time_to_first_token_seconds_bucket{le="x"} 3\n',
+    "vllm:num_requests_running{ 3\n",
+    "vllm:num_requests_running -2\n",
+    "\x00\xff garbage {{{\n",
+])
+def test_metrics_that_cannot_be_used_are_a_value_error_not_a_crash(bad):
+    with pytest.raises(ValueError):
+        parse_metrics(bad, 0.0)
+
+
+def test_non_finite_values_of_metrics_we_do_not_use_are_fine():
+    s = parse_metrics("some_other_gauge NaN\nvllm:num_requests_running 2\n", 0.0)
+    assert s.running == 2

@@ -100,3 +100,23 @@ def test_render_matrix_shows_links_affinity_and_holders():
     lines = out.splitlines()
     assert lines[1].split()[:5] == ["GPU0", "X", "NV12", "SYS", "SYS"]
     assert "0-27,56-83" in lines[1] and "r-chat-1" in lines[2]
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
+@pytest.mark.parametrize("style", ["single-space", "terminal", "spaces"])
+def test_header_separated_unlike_the_rows_still_parses(path, style):
+    """Older drivers print the header with single spaces (and underlined on a terminal) while the rows
+    stay tab-separated; the same matrix must come out."""
+    text = path.read_text()
+    lines = text.splitlines()
+    i = next(k for k, ln in enumerate(lines) if "GPU0" in ln and " X " not in ln)
+    cols = [c for c in lines[i].split("\t") if c]
+    if style == "single-space":
+        lines[i] = " " * 8 + " ".join(cols)
+    elif style == "terminal":
+        lines[i] = "\x1b[4m\t" + "\t".join(cols) + "\x1b[0m"
+    else:
+        lines[i] = " " * 8 + "".join(c.ljust(len(c) + 3) for c in cols)
+    old, new = load_topology_file(path), parse_topo_matrix("\n".join(lines), path.name)
+    assert new.n == old.n and new.links == old.links
+    assert [(g.cpus, g.numa) for g in new.gpus] == [(g.cpus, g.numa) for g in old.gpus]
