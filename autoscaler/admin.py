@@ -75,6 +75,18 @@ class FleetCollector(Collector):
         for p in c.cfg.pools:
             backoff.add_metric([p.name], max(c.states[p.name].backoff_until - c.clock(), 0.0))
         yield backoff
+        if c.activator is not None:
+            held = GaugeMetricFamily("gpufleet_held_requests", "Requests the activator holds (pool at zero)",
+                                     labels=["pool"])
+            fwd = CounterMetricFamily("gpufleet_activator_forwarded", "Held requests forwarded to a replica",
+                                      labels=["pool"])
+            tmo = CounterMetricFamily("gpufleet_activator_timeouts", "Held requests answered 503 (hold timeout)",
+                                      labels=["pool"])
+            for p in c.cfg.pools:
+                held.add_metric([p.name], c.activator.held.get(p.name, 0))
+                fwd.add_metric([p.name], c.activator.forwarded.get(p.name, 0))
+                tmo.add_metric([p.name], c.activator.timed_out.get(p.name, 0))
+            yield from (held, fwd, tmo)
 
 
 class AdminServer(uvicorn.Server):

@@ -122,6 +122,11 @@ class PoolConfig(_Strict):
     targets: Targets = Targets(concurrency=6)
     behavior: Behavior = Behavior()
     drain_timeout_s: float = Field(default=120, gt=0)
+    # min_replicas 0: to zero after this long without a request; back on the first one, which the
+    # activator holds (at most max_held at once, each up to hold_timeout_s) until a replica serves
+    scale_to_zero_after_s: float = Field(default=300.0, gt=0)
+    hold_timeout_s: float = Field(default=120.0, gt=0)
+    max_held: int = Field(default=100, ge=0)
     # a replica that fails to start or exits on its own delays the pool's next cold start, doubling
     start_backoff_s: float = Field(default=2.0, gt=0)
     start_backoff_max_s: float = Field(default=120.0, gt=0)
@@ -194,6 +199,16 @@ class AdminConfig(_Strict):
     token: str | None = None
 
 
+class ActivatorConfig(_Strict):
+    """Where the gateway sends requests for a pool with no serving replica (scale from zero)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"  # the local stack's; in Docker it listens on the compose network
+    port: int = Field(default=8182, ge=1, le=65535)
+    keepalive_after_s: float = Field(default=5.0, ge=0)  # a held stream gets 200 and SSE comments after this
+    _host = field_validator("host")(_ip_or_localhost)
+
+
 class PrometheusConfig(_Strict):
     enabled: bool = True
     listen: str = "127.0.0.1"
@@ -219,6 +234,7 @@ class FleetConfig(_Strict):
     unhealthy_after: int = Field(default=3, ge=1)
     gateway: GatewayConfig = GatewayConfig()
     admin: AdminConfig = AdminConfig()
+    activator: ActivatorConfig = ActivatorConfig()
     prometheus: PrometheusConfig = PrometheusConfig()
     gpus: GpuConfig = GpuConfig()
     pools: tuple[PoolConfig, ...] = Field(min_length=1)

@@ -12,7 +12,6 @@ pool states) is rebuilt from the replicas after a restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter, deque
@@ -84,7 +83,9 @@ class Controller:
         placer: Placer,
         targets: Any | None = None,
         clock: Callable[[], float] = time.time,
+        activator: Any | None = None,
     ) -> None:
+        self.activator = activator  # autoscaler.activator.Activator: held requests, serving replicas
         self.cfg = cfg
         self.runtime = runtime
         self.gateway = gateway
@@ -105,7 +106,11 @@ class Controller:
         self._tasks: set[asyncio.Task[None]] = set()
         self._routed: frozenset[str] = frozenset()  # replica ids in the config nginx last loaded
         self._last_routes: dict[str, PoolRoute] = {}
+        self._wake = asyncio.Event()  # a request is held for a pool at zero: tick now
         gateway.on_reload.append(self._on_reload)
+
+    def wake(self, pool: str | None = None) -> None:
+        self._wake.set()
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -173,6 +178,7 @@ class Controller:
             gpus=GpuView(p.topo, frozenset(p.cordoned), None if p.virtual else frozenset(p.host_cpus)),
             routed=self._routed,
             gateway_pending=self.gateway.pending,
+            held=dict(self.activator.held) if self.activator is not None else {},
         )
 
     def _obs(self, r: Replica) -> ReplicaObs:
@@ -266,6 +272,8 @@ class Controller:
         # role change failed keeps the routes it had; the next tick sees the runtime's truth again.
         routes = tuple(self._last_routes.get(p.name, p) if p.name in failed else p for p in out.routes)
         self._last_routes = {p.name: p for p in routes}
+        if self.activator is not None:  # held requests go to a ready replica now, not after the reload
+            self.activator.publish({p.name: [f"http://{s}" for s in p.servers] for p in routes})
         by_upstream = {r.upstream: r.id for r in self.replicas}
         route_ids = frozenset(by_upstream[s] for p in routes for s in p.servers if s in by_upstream)
         await self.gateway.update(routes, tag=route_ids)
@@ -317,8 +325,13 @@ class Controller:
                 self.event("tick_error", reason=f"{type(e).__name__}: {e}")
             self.last_tick_at = self.clock()
             delay = self.cfg.tick_s - (time.monotonic() - started)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=max(delay, 0.05))
+            if not self._wake.is_set():
+                waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())}
+                _, pending = await asyncio.wait(waits, timeout=max(delay, 0.05),
+                                                return_when=asyncio.FIRST_COMPLETED)
+                for w in pending:
+                    w.cancel()
+            self._wake.clear()
 
     async def shutdown_replicas(self) -> None:
         """Stop every replica; one that fails to stop must not leave the others running."""
@@ -358,6 +371,7 @@ class Controller:
                 backoff_until=st.backoff_until if st.backoff_until > self.clock() else None,
                 backoff_reason=st.backoff_reason if st.backoff_until > self.clock() else None,
                 error=st.error,
+                held=self.activator.held.get(p.name, 0) if self.activator is not None else 0,
                 signals=None if sig is None else SignalsStatus(
                     ready=sig.ready, running=sig.running, waiting=sig.waiting,
                     kv_cache_usage=round(sig.kv_usage, 4), ttft_p95_s=sig.ttft_p95_s,

@@ -19,10 +19,12 @@ from typing import Any
 
 import uvicorn
 
+from autoscaler.activator import Activator, create_activator_app
 from autoscaler.admin import AdminServer, create_admin_app
 from autoscaler.config import FleetConfig
 from autoscaler.controller import Controller
 from autoscaler.gateway.nginx import Gateway, docker_nginx_conf
+from autoscaler.gateway.render import initial_routes
 from autoscaler.gpus.placement import make_placer
 from autoscaler.prom_sd import TargetsWriter
 from autoscaler.runtime.docker import DockerNginx, DockerRuntime
@@ -71,15 +73,29 @@ async def run_docker(cfg: FleetConfig) -> None:
     NGINX_DIR.mkdir(parents=True, exist_ok=True)
     nginx = DockerNginx(client, project)
     g = cfg.gateway
+    act = cfg.activator
     gateway = Gateway(NGINX_DIR, g, nginx.validate, nginx.reload, nginx.probe,
                       main_conf=lambda: docker_nginx_conf(client_max_body_size=g.client_max_body_size,
-                                                          worker_shutdown_timeout=g.worker_shutdown_timeout_s))
-    gateway.write_initial(keep_existing=True)
+                                                          worker_shutdown_timeout=g.worker_shutdown_timeout_s,
+                                                          activator=act.enabled),
+                      activator=act.enabled)
+    # Every pool's model, none serving: the gateway, even restarted before the first reload, sends their
+    # requests to the activator (which forwards to replicas it is told of), never a 404. Overwriting what
+    # an adopted nginx runs on is safe: the files count only at its next reload, which is the first update.
+    gateway.write_initial(routes=initial_routes(cfg))
     runtime = DockerRuntime(client, project, network, image, gpus_visible=nvidia_runtime(client))
-    controller = Controller(cfg, runtime, gateway, make_placer(cfg.gpus), TargetsWriter(TARGETS))
+    wake: list[Controller] = []
+    activator = Activator(cfg, lambda pool: wake[0].wake(pool)) if act.enabled else None
+    controller = Controller(cfg, runtime, gateway, make_placer(cfg.gpus), TargetsWriter(TARGETS),
+                            activator=activator)
+    wake.append(controller)
     admin = AdminServer(uvicorn.Config(create_admin_app(controller, cfg.admin.token), host=cfg.admin.host,
                                         port=cfg.admin.port, log_level="warning", access_log=False))
     admin_task = asyncio.create_task(admin.serve())
+    # on the compose network only (not published): the gateway reaches it as autoscaler:8182
+    act_server = AdminServer(uvicorn.Config(create_activator_app(activator), host="0.0.0.0", port=8182,
+                                            log_level="warning", access_log=False)) if activator else None
+    act_task = asyncio.create_task(act_server.serve()) if act_server else None
     try:
         await controller.run(stop)
     finally:
@@ -88,3 +104,7 @@ async def run_docker(cfg: FleetConfig) -> None:
         await controller.close()
         admin.should_exit = True
         await admin_task
+        if act_server and act_task and activator:
+            act_server.should_exit = True
+            await act_task
+            await activator.close()

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import uvicorn
 
+from autoscaler.activator import Activator, create_activator_app
 from autoscaler.admin import AdminServer, create_admin_app
 from autoscaler.config import FleetConfig
 from autoscaler.controller import Controller
 from autoscaler.gateway.nginx import Gateway, LocalNginx, atomic_write
-from autoscaler.gateway.render import packaged_template, render_template
+from autoscaler.gateway.render import initial_routes, packaged_template, render_template
 from autoscaler.gpus.placement import make_placer
 from autoscaler.prom_sd import TargetsWriter
 from autoscaler.runtime.local import LocalRuntime
@@ -104,20 +105,35 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    nginx = LocalNginx(run_dir, cfg.gateway)
+    act = cfg.activator
+    nginx = LocalNginx(run_dir, cfg.gateway, activator=f"{act.host}:{act.port}" if act.enabled else None)
     nginx.render_main()
     adopted = nginx.adopt()
-    gateway = Gateway(nginx.conf_dir, cfg.gateway, nginx.validate, nginx.reload, nginx.probe)
+    gateway = Gateway(nginx.conf_dir, cfg.gateway, nginx.validate, nginx.reload, nginx.probe,
+                      activator=act.enabled)
     # adopted: nginx serves the fleet the files describe; the first update reloads it with today's
-    gateway.write_initial(keep_existing=adopted)
+    gateway.write_initial(keep_existing=adopted, routes=initial_routes(cfg))
     prom = LocalPrometheus(run_dir, cfg) if cfg.prometheus.enabled else None
     runtime = LocalRuntime(run_dir / "replicas")
+    wake: list[Controller] = []
+    activator = Activator(cfg, lambda pool: wake[0].wake(pool)) if act.enabled else None
     controller = Controller(cfg, runtime, gateway, make_placer(cfg.gpus),
-                            TargetsWriter(run_dir / "prometheus" / "targets.json"))
+                            TargetsWriter(run_dir / "prometheus" / "targets.json"), activator=activator)
+    wake.append(controller)
+    act_server = AdminServer(uvicorn.Config(create_activator_app(activator), host=act.host, port=act.port,
+                                            log_level="warning", access_log=False)) if activator else None
     admin = AdminServer(uvicorn.Config(create_admin_app(controller, cfg.admin.token),
                                         host=cfg.admin.host, port=cfg.admin.port,
                                         log_level="warning", access_log=False))
     try:
+        # the activator first: the moment nginx listens, a request for a pool with no replica is held
+        act_task = asyncio.create_task(act_server.serve(), name="activator") if act_server else None
+        if act_server:
+            while not act_server.started:
+                if act_task is not None and act_task.done():
+                    act_task.result()  # e.g. the port is taken: say so
+                    raise RuntimeError(f"the activator could not listen on {act.host}:{act.port}")
+                await asyncio.sleep(0.02)
         if adopted:
             log.info("adopted the running nginx (pid %s) of a previous run", nginx.pid)
         else:
@@ -139,10 +155,15 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
         await watch_task
         admin.should_exit = True
         await admin_task
+        if act_server and act_task:
+            act_server.should_exit = True
+            await act_task
     finally:
         log.info("stopping: replicas, nginx, prometheus")
         await controller.shutdown_replicas()
         await controller.close()
+        if activator:
+            await activator.close()
         nginx.stop()
         if prom:
             prom.stop()

@@ -16,14 +16,17 @@ Rules, after Kubernetes HPA and Knative KPA:
   the up-rate limits, and forbids scale-down until the panic has been quiet
   for panic_hold_s;
 - warm pool: a floor from config, raised to the largest recent scale-up step,
-  capped by warm_pool.max and by the room left under max_replicas.
+  capped by warm_pool.max and by the room left under max_replicas;
+- zero: requests the activator holds are demand (a pool at zero wakes on the
+  first one); a pool with min_replicas 0 goes to zero only once it has had no
+  request (running, waiting, held or finished) for scale_to_zero_after_s.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from autoscaler.config import PoolConfig, RatePolicy, ScaleRules
 from autoscaler.signals import PoolSignals
@@ -47,6 +50,7 @@ class PolicyState:
     changes: tuple[tuple[float, int], ...] = ()
     panic_until: float | None = None
     scale_up_steps: tuple[tuple[float, int], ...] = ()
+    last_active_at: float | None = None  # the last tick with any request in the pool
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,7 @@ def _mean(signals: Sequence[PoolSignals]) -> PoolSignals:
         t=last.t,
         ready=last.ready,
         running=sum(s.running for s in signals) / n,
-        waiting=sum(s.waiting for s in signals) / n,
+        waiting=sum(s.waiting for s in signals) / n + last.held,  # held by the activator: waiting too
         kv_usage=sum(s.kv_usage for s in signals) / n,
         ttft_p95_s=last.ttft_p95_s,
         request_rate=avg([s.request_rate for s in signals]),
@@ -150,11 +154,18 @@ def decide(
     lo, hi = pool.min_replicas, pool.max_replicas
     current = state.desired if state.desired is not None else min(max(view.active, lo), hi)
     window = [s for s in signals if now - b.metric_window_s < s.t <= now]
+    last = window[-1] if window else None
+    busy = last is not None and (last.held > 0 or last.running + last.waiting > 0 or bool(last.request_rate))
+    state = replace(state, last_active_at=now if busy or state.last_active_at is None else state.last_active_at)
 
-    if not window or window[-1].ready == 0:
+    if last is None or last.ready == 0:
         desired = min(max(current, lo), hi)
-        return _finish(pool, state, now, current, desired, None, False,
-                       "no ready replica to measure" if window else "no metrics yet")
+        why = "no ready replica to measure" if window else "no metrics yet"
+        if last is not None and last.held > 0:
+            per = pool.targets.concurrency or pool.targets.queue_depth or 1.0
+            desired = max(desired, min(hi, max(1, math.ceil(last.held / per))))
+            why = f"{last.held} requests held by the activator, no replica serving"
+        return _finish(pool, state, now, current, desired, None, False, why)
 
     mean = _mean(window)
     per = _per_signal(pool, mean)
@@ -198,13 +209,13 @@ def decide(
             why += f"; rate-limited to {desired}"
 
     desired = min(max(desired, lo), hi)
-    new_state = PolicyState(
-        desired=state.desired,
-        recommendations=recs,
-        changes=state.changes,
-        panic_until=panic_until if panic else None,
-        scale_up_steps=state.scale_up_steps,
-    )
+    if desired == 0 and current > 0 and state.last_active_at is not None \
+            and now - state.last_active_at < pool.scale_to_zero_after_s:
+        desired = 1
+        why += f"; to zero only after {pool.scale_to_zero_after_s:g}s without a request"
+    elif desired == 0 and current > 0:
+        why += f"; idle {pool.scale_to_zero_after_s:g}s: to zero"
+    new_state = replace(state, recommendations=recs, panic_until=panic_until if panic else None)
     return _finish(pool, new_state, now, current, desired, raw, panic, why)
 
 
@@ -239,11 +250,5 @@ def _finish(
             steps = (*steps, (now, desired - current))
     warm = max([pool.warm_pool.min, *(s for _, s in steps)])
     warm = min(warm, pool.warm_pool.max, max(pool.max_replicas - desired, 0))
-    new_state = PolicyState(
-        desired=desired,
-        recommendations=state.recommendations,
-        changes=changes,
-        panic_until=state.panic_until,
-        scale_up_steps=steps,
-    )
+    new_state = replace(state, desired=desired, changes=changes, scale_up_steps=steps)
     return Decision(desired, warm, panic, why, new_state, raw)

@@ -96,6 +96,7 @@ class Snapshot:
     gpus: GpuView
     routed: frozenset[str] = frozenset()  # replica ids in the config nginx last loaded
     gateway_pending: bool = False  # a route change waits for its reload
+    held: Mapping[str, int] = field(default_factory=dict)  # pool → requests the activator holds
 
 
 @dataclass(frozen=True)
@@ -319,7 +320,7 @@ def _pool_step(
 ) -> tuple[PoolState, list[Action], list[Event]]:
     mine = [r for r in live.values() if r.pool == p.name]
     routed = [r for r in mine if r.role == "active" and r.ready]
-    sig = pool_signals(now, [r.samples for r in routed], p.behavior.metric_window_s)
+    sig = pool_signals(now, [r.samples for r in routed], p.behavior.metric_window_s, snap.held.get(p.name, 0))
     history = tuple(s for s in st.signals if s.t >= now - HISTORY_S) + (sig,)
     view = PoolView(
         active=len(routed),

@@ -78,6 +78,7 @@ class PoolSignals:
     kv_usage: float  # mean over ready replicas
     ttft_p95_s: float | None  # over the window; None without enough requests
     request_rate: float | None  # requests/s finished, whole pool
+    held: int = 0  # requests the activator holds for this pool (it has no serving replica)
 
 
 def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
@@ -109,7 +110,7 @@ def _delta_buckets(
 
 
 def pool_signals(
-    t: float, series: Sequence[Sequence[ReplicaSample]], window_s: float
+    t: float, series: Sequence[Sequence[ReplicaSample]], window_s: float, held: int = 0
 ) -> PoolSignals:
     """Aggregate per-replica sample histories (oldest first) of the pool's routed, ready replicas."""
     latest = [s[-1] for s in series if s]
@@ -134,4 +135,4 @@ def pool_signals(
         span = max(span, new.t - old.t)
     ttft = histogram_quantile(0.95, sorted(merged.items())) if merged else None
     rate = finished / span if span > 0 else None
-    return PoolSignals(t, n, running, waiting, kv, ttft, rate)
+    return PoolSignals(t, n, running, waiting, kv, ttft, rate, held)

@@ -47,6 +47,7 @@ class PoolStatus(_M):
     backoff_until: float | None = None  # no cold start before this (crash loop)
     backoff_reason: str | None = None
     error: str | None = None  # the pool's step raised this last tick
+    held: int = 0  # requests the activator holds until a replica serves
     signals: SignalsStatus | None
     replicas: list[ReplicaStatus]
 

@@ -9,5 +9,5 @@ HERE = Path(__file__).resolve().parent
 
 if __name__ == "__main__":
     (HERE / "nginx.conf").write_text(docker_nginx_conf())
-    for name, text in render_gateway([]).items():
+    for name, text in render_gateway([], activator=True).items():
         (HERE / "initial" / name).write_text(text)

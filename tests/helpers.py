@@ -102,7 +102,11 @@ class LocalStack:
                  str(self.config_path), "--run-dir", str(self.run_dir)],
                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env,
             )
-        self.wait_active(active, timeout)
+        if active:
+            self.wait_active(active, timeout)
+        else:  # a pool at zero: up once the admin API and the gateway answer
+            wait_for(lambda: self.status() and httpx.get(f"{self.url}/health", timeout=2).status_code == 200,
+                     timeout, "the stack's admin API and gateway")
         return self
 
     def status(self) -> dict[str, Any]:

@@ -78,7 +78,9 @@ class Gateway:
         signal_reload: Callable[[], None],
         probe: Callable[[], str | None] | None = None,
         main_conf: Callable[[], str] | None = None,
+        activator: bool = False,
     ) -> None:
+        self.activator = activator
         self.conf_dir = conf_dir
         # Docker: nginx.conf itself is rendered here from fleet.yaml's gateway settings and lives in the
         # shared volume with the rest, so nothing the user sets is baked into the image.
@@ -102,14 +104,17 @@ class Gateway:
         # called on the event loop after each reload, with the tag of the update it applied
         self.on_reload: list[Callable[[object], None]] = []
 
-    def write_initial(self, keep_existing: bool = False) -> None:
+    def write_initial(self, keep_existing: bool = False, routes: Sequence[PoolRoute] = ()) -> None:
         """Files nginx needs before its first start: no pool is serving yet.
 
         keep_existing: nginx already runs on the files there (a restarted sidecar); leave them,
         and let the first update reload with what the adopted fleet serves.
         """
         shutil.copyfile(TEMPLATES / "gateway.js", self.conf_dir / "gateway.js")
-        files = render_gateway([])
+        # every pool's model is known from the start (with no server yet): the activator holds, no 404
+        files = render_gateway(routes, activator=self.activator)
+        if self._main_conf is not None:
+            files[MAIN_CONF] = self._main_conf()
         for name, text in files.items():
             if not (keep_existing and (self.conf_dir / name).exists()):
                 atomic_write(self.conf_dir / name, text)
@@ -123,7 +128,7 @@ class Gateway:
         `docker exec`) never stalls the event loop, so scrapes and /status go on meanwhile.
         """
         try:
-            files = render_gateway(routes, self.cfg.upstream_template)
+            files = render_gateway(routes, self.cfg.upstream_template, self.activator)
             if self._main_conf is not None:
                 files[MAIN_CONF] = self._main_conf()
         except Exception as e:  # a broken template must never take the gateway down
@@ -228,7 +233,11 @@ DOCKER_CONF_DIR = "/etc/nginx/gpufleet"  # a volume the autoscaler writes
 MAIN_CONF = "nginx.conf"
 
 
-def docker_nginx_conf(port: int = 8080, client_max_body_size: str = "1m", worker_shutdown_timeout: int = 240) -> str:
+DOCKER_ACTIVATOR = "autoscaler:8182"  # the compose service, resolved by Docker's DNS at request time
+
+
+def docker_nginx_conf(port: int = 8080, client_max_body_size: str = "1m", worker_shutdown_timeout: int = 240,
+                      activator: bool = True) -> str:
     """The gateway's nginx.conf in Docker: the same template as the local stack, container paths. The image
     carries it rendered with the defaults; the autoscaler renders it again from fleet.yaml."""
     return render_template(
@@ -237,13 +246,16 @@ def docker_nginx_conf(port: int = 8080, client_max_body_size: str = "1m", worker
         worker_shutdown_timeout=worker_shutdown_timeout, access_log="/dev/stdout gpufleet", listen="0.0.0.0",
         error_log="/dev/stderr",
         port=port, client_max_body_size=client_max_body_size,
+        activator=DOCKER_ACTIVATOR if activator else None, resolver="127.0.0.11",
     )
 
 
 class LocalNginx:
     """nginx as a child process of `gpufleet up --local`."""
 
-    def __init__(self, run_dir: Path, cfg: GatewayConfig, binary: str | None = None) -> None:
+    def __init__(self, run_dir: Path, cfg: GatewayConfig, binary: str | None = None,
+                 activator: str | None = None) -> None:
+        self.activator = activator  # host:port of the activator, None: 503 while a pool has no replica
         self.run_dir = run_dir
         self.conf_dir = run_dir / "nginx"
         self.cfg = cfg
@@ -273,6 +285,7 @@ class LocalNginx:
             listen=self.cfg.listen_host,
             port=self.cfg.port,
             client_max_body_size=self.cfg.client_max_body_size,
+            activator=self.activator, resolver=None,
         )
         atomic_write(self.conf, text)
 

@@ -21,6 +21,11 @@ class PoolRoute:
     fallback: tuple[str, ...] = ()
 
 
+def initial_routes(cfg: Any) -> list[PoolRoute]:
+    """Every pool of a FleetConfig, none serving yet."""
+    return [PoolRoute(p.name, p.model, (), p.fallback) for p in cfg.pools]
+
+
 def _env() -> jinja2.Environment:
     return jinja2.Environment(
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
@@ -39,15 +44,17 @@ def render_template(source: str, **ctx: Any) -> str:
 
 
 def render_gateway(
-    routes: Sequence[PoolRoute], upstream_template: Path | None = None
+    routes: Sequence[PoolRoute], upstream_template: Path | None = None, activator: bool = False
 ) -> dict[str, str]:
-    """{file name: content} for the files the gateway includes. Raises on a broken template."""
+    """{file name: content} for the files the gateway includes. Raises on a broken template.
+    activator: a pool with no serving replica (nor fallback) goes to the activator instead of a 503."""
     pools = sorted(routes, key=lambda r: r.name)
     src = upstream_template.read_text() if upstream_template else packaged_template("upstreams.conf.j2")
     table = {
         "routes": {p.model: p.name for p in pools},
         "serving": {p.name: bool(p.servers) for p in pools},
         "fallback": {p.name: list(p.fallback) for p in pools if p.fallback},
+        "activator": activator,
     }
     upstreams = render_template(src, pools=pools)
     # Which config a worker runs: /v1/models answers it in a header, so a reload can be confirmed.

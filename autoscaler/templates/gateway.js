@@ -51,6 +51,10 @@ function route(r) {
             return r.internalRedirect('/_pool/' + chain[i].replace(/-/g, '_') + r.uri);
         }
     }
+    if (cfg.activator) {
+        // No replica serves: the activator holds the request, wakes the pool and forwards it.
+        return r.internalRedirect('/_activator/' + pool + r.uri);
+    }
     return fail(r, 503, 'No replica of model `' + model + '` is serving yet; retry shortly.',
                 'service_unavailable', null, 'no_replica');
 }

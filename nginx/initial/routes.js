@@ -1,2 +1,2 @@
 // Rendered by gpufleet's autoscaler: model -> pool, which pools serve, fallbacks.
-export default {"fallback": {}, "generation": "8f89cd89ab3567a4", "routes": {}, "serving": {}};
+export default {"activator": true, "fallback": {}, "generation": "a53827fba93e5f27", "routes": {}, "serving": {}};

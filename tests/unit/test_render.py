@@ -25,7 +25,7 @@ def test_routes_table_maps_models_serving_and_fallbacks():
     table = json.loads(body)
     generation = table.pop("generation")
     assert table == {"routes": {"m1": "a", "m2": "b"}, "serving": {"a": True, "b": False},
-                     "fallback": {"a": ["b"]}}
+                     "fallback": {"a": ["b"]}, "activator": False}
     assert files_generation(files) == generation
 
 
@@ -67,5 +67,5 @@ def test_gateway_image_files_match_the_templates():
 
     root = Path(__file__).resolve().parent.parent.parent / "nginx"
     assert (root / "nginx.conf").read_text() == docker_nginx_conf()
-    for name, text in render_gateway([]).items():
+    for name, text in render_gateway([], activator=True).items():
         assert (root / "initial" / name).read_text() == text

@@ -1,0 +1,115 @@
+"""Scale to zero and back with the activator: real nginx, replicas and the openai client (max_retries=0)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import httpx
+import openai
+
+from tests.helpers import ROOT, LocalStack, require_host_binaries, sim_pool, wait_for
+
+
+def zero_pool(**over: Any) -> dict[str, Any]:
+    return sim_pool(min_replicas=0, warm_pool={"min": 0, "max": 0}, scale_to_zero_after_s=4,
+                    **{"behavior": {"scale_down": {"stabilization_s": 2,
+                                                   "policies": [{"type": "replicas", "value": 4, "period_s": 2}]}},
+                       **over})
+
+
+def ask(url: str, i: int, stream: bool, timeout: float = 60) -> tuple[bool, str]:
+    c = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=timeout)
+    try:
+        if stream:
+            chunks = list(c.chat.completions.create(model="tiny-chat", max_tokens=10, stream=True,
+                                                    stream_options={"include_usage": True},
+                                                    messages=[{"role": "user", "content": f"hi {i}"}]))
+            ok = chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 10
+            text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+            return ok and bool(text), "" if ok else "truncated"
+        r = c.chat.completions.create(model="tiny-chat", max_tokens=10,
+                                      messages=[{"role": "user", "content": f"hi {i}"}])
+        return r.usage is not None and r.usage.completion_tokens == 10, ""
+    except Exception as e:  # noqa: BLE001 (every failure is reported)
+        return False, f"{type(e).__name__}: {e}"
+
+
+def test_the_first_request_as_soon_as_the_gateway_listens_is_served(tmp_path):
+    require_host_binaries()
+    stack = LocalStack(tmp_path, {"pools": [sim_pool(sim={"profile": "tiny", "load_time_s": 2.0,
+                                                          "max_num_seqs": 4, "step_base_s": 0.05})]})
+    with open(stack.log, "ab") as log:
+        stack.proc = subprocess.Popen(
+            [sys.executable, "-m", "autoscaler.cli", "up", "--local", "--config", str(stack.config_path),
+             "--run-dir", str(stack.run_dir)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        def listening() -> bool:
+            try:
+                return httpx.get(f"{stack.url}/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(listening, 30, "the gateway listening", interval=0.02)
+        t0 = time.monotonic()
+        ok, err = ask(stack.url, 0, stream=False)
+        assert ok, err
+        assert time.monotonic() - t0 > 1.0, "it was held while the first replica loaded (load time 2 s)"
+    finally:
+        assert stack.stop() == 0, stack.tail_log()
+
+
+def test_idle_pool_goes_to_zero_then_a_burst_of_20_is_all_served(local_stack):
+    stack = local_stack({"pools": [zero_pool()]}, active=0)
+    # nothing asked yet: min_replicas 0 starts nothing
+    time.sleep(2)
+    assert stack.replicas("chat") == []
+    ok, err = ask(stack.url, 0, stream=True)
+    assert ok, err
+    assert stack.replicas("chat", role="active")
+    wait_for(lambda: stack.replicas("chat") == [] or None, 40, "the idle pool back at zero replicas")
+    assert any(e["kind"] == "decision" and e["desired_active"] == 0 for e in stack.events())
+
+    results: list[tuple[bool, str]] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        res = ask(stack.url, i, stream=i % 2 == 0)
+        with lock:
+            results.append(res)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: stack.pool()["held"] > 0 or None, 10, "requests held by the activator")
+    for t in threads:
+        t.join(90)
+    failed = [e for ok, e in results if not ok]
+    assert len(results) == 20 and not failed, failed
+    assert stack.pool()["held"] == 0, "nothing left held"
+
+
+def test_a_hold_timeout_shorter_than_the_cold_start_is_an_openai_503_and_nothing_stays_held(local_stack):
+    pool = zero_pool(hold_timeout_s=1.0, sim={"profile": "tiny", "load_time_s": 6.0, "max_num_seqs": 4,
+                                              "step_base_s": 0.05})
+    stack = local_stack({"pools": [pool]}, active=0)
+    for stream in (False, True):
+        t0 = time.monotonic()
+        r = httpx.post(f"{stack.url}/v1/chat/completions", timeout=30,
+                       json={"model": "tiny-chat", "stream": stream, "max_tokens": 5,
+                             "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] and r.json()["error"]["code"] == "hold_timeout"
+        assert 0.9 < time.monotonic() - t0 < 5
+    c = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="x", max_retries=0)
+    try:
+        c.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "x"}], max_tokens=2)
+        raise AssertionError("expected a 503")
+    except openai.InternalServerError as e:
+        assert e.status_code == 503 and e.body["code"] == "hold_timeout"
+    assert stack.pool()["held"] == 0
+    text = httpx.get(f"{stack.admin}/metrics").text
+    assert 'gpufleet_activator_timeouts_total{pool="chat"} 3.0' in text
