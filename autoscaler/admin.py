@@ -75,6 +75,11 @@ class FleetCollector(Collector):
         for p in c.cfg.pools:
             backoff.add_metric([p.name], max(c.states[p.name].backoff_until - c.clock(), 0.0))
         yield backoff
+        sleeping = GaugeMetricFamily("gpufleet_replicas_sleeping", "Warm replicas in sleep mode", labels=["pool"])
+        for p in c.cfg.pools:
+            sleeping.add_metric([p.name], sum(1 for r in c.replicas if r.pool == p.name and r.role == "warm"
+                                              and (h := c.health.get(r.id)) is not None and h.sleeping))
+        yield sleeping
         if c.activator is not None:
             held = GaugeMetricFamily("gpufleet_held_requests", "Requests the activator holds (pool at zero)",
                                      labels=["pool"])

@@ -75,6 +75,9 @@ class WarmPool(_Strict):
     min: int = Field(default=1, ge=0)
     max: int = Field(default=2, ge=0)
     history_s: float = Field(default=600, ge=0)
+    # how many warm replicas sleep (vLLM sleep mode: weights in host RAM, GPU memory free, wake in
+    # seconds); 0: all awake (activation in well under a second); >= max: all asleep
+    asleep: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _order(self) -> WarmPool:
@@ -91,6 +94,7 @@ class SimEngineArgs(_Strict):
     step_per_seq_s: float | None = Field(default=None, ge=0)
     kv_capacity_tokens: int | None = Field(default=None, ge=1)
     max_waiting: int | None = Field(default=None, ge=1)  # queue bound before 429s (replica default 1024)
+    wake_time_s: float | None = Field(default=None, ge=0)  # sleep mode: time to wake
 
     @field_validator("profile")
     @classmethod

@@ -12,6 +12,7 @@ pool states) is rebuilt from the replicas after a restart.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter, deque
@@ -72,6 +73,7 @@ class ReplicaHealth:
     ready: bool = False
     failures: int = 0
     last_error: str | None = None
+    sleeping: bool = False  # warm replicas: GET /is_sleeping
 
 
 class Controller:
@@ -107,6 +109,7 @@ class Controller:
         self._routed: frozenset[str] = frozenset()  # replica ids in the config nginx last loaded
         self._last_routes: dict[str, PoolRoute] = {}
         self._wake = asyncio.Event()  # a request is held for a pool at zero: tick now
+        self._sleep_calls: set[str] = set()  # replicas with a /sleep or /wake_up in flight
         gateway.on_reload.append(self._on_reload)
 
     def wake(self, pool: str | None = None) -> None:
@@ -139,6 +142,10 @@ class Controller:
             h.failures = 0
             if not h.ready:
                 return
+        if r.role == "warm":
+            code, text = await self._get(f"{r.url}/is_sleeping")
+            # an engine without sleep mode (404) is awake
+            h.sleeping = code == 200 and json.loads(text).get("is_sleeping") is True
         code, text = await self._get(f"{r.url}/metrics")
         if code != 200:
             raise ValueError(f"/metrics answered {code}")
@@ -187,7 +194,7 @@ class Controller:
             id=r.id, pool=r.pool, role=r.role, target_role=r.target_role, created_at=r.created_at,
             role_since=r.role_since, alive=r.alive, ready=h.ready, failures=h.failures,
             last_error=h.last_error, gpus=r.gpus, config_hash=r.config_hash, upstream=r.upstream,
-            samples=tuple(h.samples), stopping=self._stopping(r),
+            samples=tuple(h.samples), stopping=self._stopping(r), sleeping=h.sleeping,
         )
 
     def _stopping(self, r: Replica) -> bool:
@@ -222,6 +229,31 @@ class Controller:
             finally:
                 self._busy.discard(rid)
                 self.health.pop(rid, None)
+
+        self._background(go())
+
+    def _sleep_or_wake(self, a: Action) -> None:
+        """POST /sleep or /wake_up in the background (waking takes seconds); the next scrape sees it."""
+        rid = a.replica
+        r = next((x for x in self.replicas if x.id == rid), None)
+        if r is None or rid in self._sleep_calls:
+            return
+        self._sleep_calls.add(r.id)
+        self.event(a.kind, a.pool, replica=r.id, reason=a.reason)
+        path = "/sleep?level=1" if a.kind == "sleep" else "/wake_up"
+
+        async def go() -> None:
+            try:
+                resp = await self._http.post(f"{r.url}{path}", timeout=120)
+                if resp.status_code == 200:
+                    self.health.setdefault(r.id, ReplicaHealth()).sleeping = a.kind == "sleep"
+                else:
+                    log.warning("%s %s answered %s", path, r.id, resp.status_code)
+            except httpx.HTTPError as e:
+                log.warning("%s %s failed: %s", path, r.id, e)
+            finally:
+                self._sleep_calls.discard(r.id)
+                self._wake.set()  # a woken replica can be activated now
 
         self._background(go())
 
@@ -264,6 +296,8 @@ class Controller:
         for a in out.actions:
             if a.kind == "stop":
                 self._stop(a)
+            elif a.kind in ("sleep", "wake"):
+                self._sleep_or_wake(a)
             elif a.kind == "start":
                 starts.append(a)
             elif not await self._set_role(a):
@@ -380,7 +414,8 @@ class Controller:
                     ReplicaStatus(id=r.id, role=r.role, target_role=r.target_role,
                                   ready=bool(self.health.get(r.id) and self.health[r.id].ready),
                                   gpus=list(r.gpus), url=r.url, upstream=r.upstream, created_at=r.created_at,
-                                  role_since=r.role_since, load=self.load(r.id))
+                                  role_since=r.role_since, load=self.load(r.id),
+                                  sleeping=bool(self.health.get(r.id) and self.health[r.id].sleeping))
                     for r in self.replicas if r.pool == p.name and not self._stopping(r)
                 ],
             )

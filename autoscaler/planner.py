@@ -25,6 +25,7 @@ class ReplicaView:
     load: float  # running + waiting at the last scrape
     created_at: float
     role_since: float
+    sleeping: bool = False  # a warm replica in sleep mode: activating it means waking it first
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,8 @@ class Action:
 
 def plan(desired_active: int, desired_warm: int, replicas: Sequence[ReplicaView]) -> list[Action]:
     active = [r for r in replicas if r.role == "active"]
-    warm = sorted((r for r in replicas if r.role == "warm"), key=lambda r: r.created_at)
+    # awake warm replicas first: they serve after a reload, a sleeper after its wake-up
+    warm = sorted((r for r in replicas if r.role == "warm"), key=lambda r: (r.sleeping, r.created_at))
     start_act = sorted((r for r in replicas if r.role == "starting" and r.target_role == "active"),
                        key=lambda r: r.created_at)
     start_warm = sorted((r for r in replicas if r.role == "starting" and r.target_role != "active"),

@@ -73,6 +73,7 @@ class ReplicaObs:
     upstream: str = ""
     samples: tuple[ReplicaSample, ...] = ()  # recent scrapes, oldest first
     stopping: bool = False  # a removal is in flight
+    sleeping: bool = False  # sleep mode: weights offloaded, not able to serve until woken
 
     @property
     def load(self) -> float:
@@ -127,7 +128,7 @@ def note_crash(p: PoolConfig, st: PoolState, now: float, why: str) -> PoolState:
     return replace(st, crashes=n, last_crash_at=now, backoff_until=now + delay, backoff_reason=why)
 
 
-ActionKind = Literal["stop", "promote", "activate", "retarget", "drain", "demote", "start"]
+ActionKind = Literal["stop", "promote", "activate", "retarget", "drain", "demote", "start", "sleep", "wake"]
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,8 @@ def replica_argv(pool: PoolConfig) -> tuple[str, ...]:
             "--model", "{model}", "--profile", s.profile, "--replica-id", "{replica_id}"]
     for flag, val in (("--load-time", s.load_time_s), ("--max-num-seqs", s.max_num_seqs),
                       ("--step-base", s.step_base_s), ("--step-per-seq", s.step_per_seq_s),
-                      ("--kv-capacity", s.kv_capacity_tokens), ("--max-waiting", s.max_waiting)):
+                      ("--kv-capacity", s.kv_capacity_tokens), ("--max-waiting", s.max_waiting),
+                      ("--wake-time", s.wake_time_s)):
         if val is not None:
             argv += [flag, str(val)]
     return tuple(argv)
@@ -183,7 +185,7 @@ def place_replica(gpus: GpuView, p: PoolConfig, used: set[str]) -> Placement | N
 
 
 def _view(r: ReplicaObs) -> ReplicaView:
-    return ReplicaView(r.id, r.role, r.target_role, r.ready, r.load, r.created_at, r.role_since)
+    return ReplicaView(r.id, r.role, r.target_role, r.ready, r.load, r.created_at, r.role_since, r.sleeping)
 
 
 def reconcile(
@@ -345,8 +347,14 @@ def _pool_step(
     acts: list[Action] = []
     no_capacity = None
     backoff = st.backoff_until > now
+    activating: set[str] = set()
     for a in plan(d.desired_active, d.desired_warm, [_view(r) for r in mine]):
-        if a.kind == "activate":
+        if a.kind == "activate" and live[a.replica or ""].sleeping:
+            # a sleeper serves once awake: wake it now, activate it the tick it answers awake
+            acts.append(Action("wake", p.name, a.replica, reason="scale-up: wake a sleeping warm replica"))
+            activating.add(a.replica or "")
+        elif a.kind == "activate":
+            activating.add(a.replica or "")
             acts.append(Action("activate", p.name, a.replica, role="active", reason=a.reason))
         elif a.kind == "retarget":
             acts.append(Action("retarget", p.name, a.replica, role="starting", target=a.role, reason=a.reason))
@@ -361,12 +369,34 @@ def _pool_step(
             placed = place_replica(snap.gpus, p, used)
             if placed is None:
                 no_capacity = f"no free GPUs for a {p.gpus_per_replica}-GPU replica"
+                # A sleeping warm replica holds GPUs it does not use: reclaim them (lowest priority first).
+                sleepers = sorted((r for r in live.values() if r.sleeping and r.role == "warm"
+                                   and r.id not in activating and r.gpus),
+                                  key=lambda r: (cfg.pool(r.pool).priority if r.pool in {q.name for q in cfg.pools}
+                                                 else 0, r.pool != p.name, r.created_at))
+                if sleepers and a.role == "active":
+                    v = sleepers[0]
+                    acts.append(Action("stop", v.pool, v.id, reason=f"reclaimed: its GPUs for pool {p.name}",
+                                       detail={"role": v.role}))
+                    no_capacity = f"waiting for GPUs reclaimed from sleeping replica {v.id}"
                 break
             used.update(placed.gpus)
             spec = ReplicaSpec(pool=p.name, model=p.model, argv=replica_argv(p), config_hash=p.config_hash(),
                                target_role=a.role, gpus=placed.gpus, cpus=placed.cpus, image=p.image)
             acts.append(Action("start", p.name, None, role=a.role, reason=a.reason, spec=spec,
                                detail={"placement": placed.note}))
+    # The warm pool's sleepers: `warm_pool.asleep` of the idle warm replicas sleep, the others stay awake.
+    touched = activating | {a.replica for a in acts if a.replica}
+    warm = sorted((r for r in mine if r.role == "warm" and r.ready and r.id not in touched),
+                  key=lambda r: r.created_at)
+    asleep = [r for r in warm if r.sleeping]
+    awake = [r for r in warm if not r.sleeping]
+    want = min(p.warm_pool.asleep, len(warm))
+    for r in awake[: max(want - len(asleep), 0)]:
+        if r.load == 0:
+            acts.append(Action("sleep", p.name, r.id, reason="warm pool: keep it asleep (warm_pool.asleep)"))
+    for r in asleep[: max(len(asleep) - want, 0)]:
+        acts.append(Action("wake", p.name, r.id, reason="warm pool: keep it awake (warm_pool.asleep)"))
     if no_capacity is not None and no_capacity != st.no_capacity:
         events.append(Event("no_capacity", p.name, {"reason": no_capacity}))
     return replace(st, policy=d.state, signals=history, decision=d, no_capacity=no_capacity, error=None), acts, events

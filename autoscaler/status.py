@@ -25,6 +25,7 @@ class ReplicaStatus(_M):
     created_at: float
     role_since: float
     load: float  # running + waiting at the last scrape
+    sleeping: bool = False  # sleep mode (warm replicas): weights in host RAM, GPU memory free
 
 
 class SignalsStatus(_M):

@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--step-base", type=float, default=None, help="decode step at batch 1, seconds")
     ap.add_argument("--step-per-seq", type=float, default=None, help="extra step time per sequence")
     ap.add_argument("--kv-capacity", type=int, default=None, help="KV cache size in tokens")
+    ap.add_argument("--wake-time", type=float, default=None, help="sleep mode: seconds to wake up")
     ap.add_argument("--max-waiting", type=int, default=None,
                     help="requests queued beyond the batch slots before 429 (default 1024)")
     ap.add_argument("--replica-id", default=None, help="set by the autoscaler; shows in ps")
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         step_base_s=args.step_base,
         step_per_seq_s=args.step_per_seq,
         kv_capacity_tokens=args.kv_capacity,
+        wake_s=args.wake_time,
     )
     app = create_app(SimEngine(profile), args.model,
                      **({"max_waiting": args.max_waiting} if args.max_waiting else {}))

@@ -108,6 +108,28 @@ def create_app(engine: Engine, served_model: str, max_waiting: int = MAX_WAITING
             return JSONResponse({"status": "ready", "model": served_model})
         return JSONResponse({"status": "loading", "model": served_model}, status_code=503)
 
+    # vLLM's sleep-mode endpoints (served with --enable-sleep-mode), on the sim engine
+    @app.post("/sleep")
+    async def sleep(level: int = 1) -> JSONResponse:
+        if level not in (1, 2):
+            raise OpenAIError(400, "level must be 1 or 2", param="level")
+        try:
+            engine.sleep()  # type: ignore[attr-defined]
+        except EngineNotReady as e:
+            raise OpenAIError(503, str(e), type_="service_unavailable") from None
+        except RuntimeError as e:
+            raise OpenAIError(409, str(e), code="busy") from None
+        return JSONResponse({"is_sleeping": True})
+
+    @app.post("/wake_up")
+    async def wake_up() -> JSONResponse:
+        await engine.wake_up()  # type: ignore[attr-defined]
+        return JSONResponse({"is_sleeping": False})
+
+    @app.get("/is_sleeping")
+    async def is_sleeping() -> JSONResponse:
+        return JSONResponse({"is_sleeping": bool(getattr(engine, "sleeping", False))})
+
     @app.get("/metrics")
     async def prom() -> Response:
         metrics.observe_stats(engine.stats())

@@ -52,6 +52,9 @@ class SimEngine:
         self._loaded = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # vLLM sleep mode (level 1): the weights offloaded to host RAM, the GPU memory freed
+        self.sleeping = False
+        self._waking: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -70,9 +73,32 @@ class SimEngine:
             kv_cache_usage=min(1.0, self._kv_used / cap) if cap else 0.0,
         )
 
+    def sleep(self) -> None:
+        """Offload: only an idle engine sleeps (vLLM would abort what runs; we refuse instead)."""
+        if not self._loaded:
+            raise EngineNotReady("model is still loading")
+        if self._running or any(not s.cancelled for s in self._waiting):
+            raise RuntimeError("requests are running; drain before sleeping")
+        self.sleeping = True
+
+    async def wake_up(self) -> None:
+        """Weights back on the GPU: `wake_s` (default a tenth of the load time, at least 0.2 s)."""
+        if not self.sleeping:
+            return
+        if self._waking is None or self._waking.done():
+            self._waking = asyncio.create_task(self._do_wake())
+        await asyncio.shield(self._waking)
+
+    async def _do_wake(self) -> None:
+        p = self.profile
+        await asyncio.sleep(p.wake_s if p.wake_s is not None else max(0.2, p.load_time_s / 10))
+        self.sleeping = False
+
     async def generate(self, prompt: str, prompt_tokens: int, max_tokens: int) -> AsyncIterator[str]:
         if not self._loaded:
             raise EngineNotReady("model is still loading")
+        if self.sleeping:
+            raise EngineNotReady("model is sleeping (POST /wake_up)")
         need = prompt_tokens + max_tokens
         if need > min(self.max_model_len, self.profile.kv_capacity_tokens):
             raise PromptTooLong(

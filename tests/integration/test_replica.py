@@ -164,3 +164,18 @@ def test_continuous_batching_queues_beyond_slots_and_metrics_show_it(replica):
                  "vllm:prompt_tokens_total", "vllm:generation_tokens_total"):
         assert name in text, f"{name} missing from /metrics"
     assert parse_metrics(text, 0).requests_total == 4
+
+
+def test_sleep_mode_endpoints_like_vllm():
+    with replica_process("--load-time", "0.2", "--wake-time", "0.8", ready=True) as url:
+        body = {"model": "m1", "prompt": "x", "max_tokens": 2}
+        assert httpx.get(f"{url}/is_sleeping").json() == {"is_sleeping": False}
+        assert httpx.post(f"{url}/sleep?level=1").status_code == 200
+        assert httpx.get(f"{url}/is_sleeping").json() == {"is_sleeping": True}
+        r = httpx.post(f"{url}/v1/completions", json=body)
+        assert r.status_code == 503 and "sleeping" in r.json()["error"]["message"]
+        t = time.monotonic()
+        assert httpx.post(f"{url}/wake_up", timeout=10).status_code == 200
+        assert 0.7 < time.monotonic() - t < 3, "waking takes the wake time"
+        assert httpx.post(f"{url}/v1/completions", json=body).status_code == 200
+        assert httpx.post(f"{url}/sleep?level=3").status_code == 400

@@ -15,10 +15,10 @@ from tests.helpers import ROOT, LocalStack, require_host_binaries, sim_pool, wai
 
 
 def zero_pool(**over: Any) -> dict[str, Any]:
-    return sim_pool(min_replicas=0, warm_pool={"min": 0, "max": 0}, scale_to_zero_after_s=4,
-                    **{"behavior": {"scale_down": {"stabilization_s": 2,
-                                                   "policies": [{"type": "replicas", "value": 4, "period_s": 2}]}},
-                       **over})
+    return sim_pool(**{"min_replicas": 0, "warm_pool": {"min": 0, "max": 0}, "scale_to_zero_after_s": 4,
+                        "behavior": {"scale_down": {"stabilization_s": 2,
+                                                    "policies": [{"type": "replicas", "value": 4, "period_s": 2}]}},
+                        **over})
 
 
 def ask(url: str, i: int, stream: bool, timeout: float = 60) -> tuple[bool, str]:
@@ -113,3 +113,39 @@ def test_a_hold_timeout_shorter_than_the_cold_start_is_an_openai_503_and_nothing
     assert stack.pool()["held"] == 0
     text = httpx.get(f"{stack.admin}/metrics").text
     assert 'gpufleet_activator_timeouts_total{pool="chat"} 3.0' in text
+
+
+def first_token_s(url: str) -> float:
+    c = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=60)
+    t0 = time.monotonic()
+    stream = c.chat.completions.create(model="tiny-chat", max_tokens=5, stream=True,
+                                       messages=[{"role": "user", "content": "wake"}])
+    for ch in stream:
+        if ch.choices and ch.choices[0].delta.content:
+            dt = time.monotonic() - t0
+            break
+    else:
+        raise AssertionError("no token")
+    list(stream)
+    return dt
+
+
+def test_from_zero_a_sleeping_warm_replica_answers_after_its_wake_time_not_a_cold_start(local_stack):
+    """Cold start 6 s, wake 1 s. The warm replica loads, then sleeps (weights "offloaded"); the pool has
+    no active replica. The first request wakes the sleeper instead of starting a replica."""
+    pool = zero_pool(warm_pool={"min": 1, "max": 1, "asleep": 1}, scale_to_zero_after_s=600,
+                     sim={"profile": "tiny", "load_time_s": 6.0, "wake_time_s": 1.0, "max_num_seqs": 4,
+                          "step_base_s": 0.05})
+    stack = local_stack({"pools": [pool]}, active=0)
+    (sleeper,) = wait_for(lambda: [r for r in stack.replicas("chat", role="warm") if r["sleeping"]] or None, 30,
+                          "the warm replica asleep")
+    assert httpx.get(f"{sleeper['url']}/is_sleeping").json() == {"is_sleeping": True}
+    assert not stack.replicas("chat", role="active")
+    dt = first_token_s(stack.url)
+    assert 0.9 < dt < 4.0, f"first token after {dt:.2f}s: the wake time (1 s), not a cold start (6 s)"
+    (active,) = stack.replicas("chat", role="active")
+    assert active["id"] == sleeper["id"] and not active["sleeping"]
+    kinds = [e["kind"] for e in stack.events() if e.get("replica") == sleeper["id"]]
+    assert "sleep" in kinds and "wake" in kinds and "activate" in kinds
+    text = httpx.get(f"{stack.admin}/metrics").text
+    assert "gpufleet_replicas_sleeping" in text

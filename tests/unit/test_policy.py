@@ -176,3 +176,24 @@ def test_property_constant_load_converges_without_flapping(load, start):
     assert len(set(tail)) == 1, f"flapping under constant load: {tail}"
     changes = sum(1 for a, b in zip(ds, ds[1:], strict=False) if a.desired_active != b.desired_active)
     assert changes <= 3
+
+
+def test_held_requests_wake_a_pool_at_zero_in_one_tick():
+    p = pool(min_replicas=0, warm_pool={"min": 0, "max": 0})
+    st = PolicyState(desired=0)
+    idle = decide(p, [PoolSignals(1.0, 0, 0, 0, 0, None, None)], PoolView(active=0), st, 1.0)
+    assert idle.desired_active == 0, "min_replicas 0 and nothing asked: nothing starts"
+    held = PoolSignals(2.0, 0, 0, 0, 0, None, None, held=9)
+    d = decide(p, [held], PoolView(active=0), idle.state, 2.0)
+    assert d.desired_active == 3 and "held by the activator" in d.reason  # ceil(9 / 4 per replica)
+
+
+def test_a_pool_goes_to_zero_only_after_its_idle_window():
+    p = pool(min_replicas=0, warm_pool={"min": 0, "max": 0}, scale_to_zero_after_s=30,
+             behavior={"scale_down": {"stabilization_s": 5, "policies": []},
+                       "scale_up": {"stabilization_s": 0, "policies": []}})
+    loads = [(float(t), 2.0 if t < 10 else 0.0) for t in range(0, 60)]
+    ds = run(p, loads, start=1)
+    first_zero = next(t for (t, _), d in zip(loads, ds, strict=True) if d.desired_active == 0)
+    assert 39 <= first_zero <= 41, f"last request at t=9, window 30 s: zero at ~t=39, not {first_zero}"
+    assert all(d.desired_active >= 1 for (t, _), d in zip(loads, ds, strict=True) if t < 39)

@@ -317,3 +317,35 @@ def test_an_exception_in_one_pools_step_is_an_event_and_the_other_pool_goes_on()
     assert [r.servers for r in out.routes] == [("10.0.0.1:8000",), ("10.0.0.2:8000",)], "a keeps serving"
     again = reconcile(cfg, snap(a, b), out.states, NOW + 1, policy=policy)
     assert not [e for e in again.events if e.kind == "pool_error"], "the same error is one event, not one a tick"
+
+
+# ---- sleep mode ---------------------------------------------------------------------------
+
+
+def test_scaling_up_onto_a_sleeping_warm_replica_wakes_it_and_prefers_an_awake_one():
+    cfg = fleet(warm_pool={"min": 1, "max": 2})
+    sleeper = rep("2", "warm", gpu=1, sleeping=True, created_at=1.0)
+    out = reconcile(cfg, snap(rep("1", gpu=0, load=6), sleeper, slots=4), steady(1, warm=1), NOW)
+    assert ("wake", "2", None) in acts(out) and ("activate", "2", "active") not in acts(out)
+    assert not [a for a in out.actions if a.kind == "start" and a.role == "active"], "no cold start meanwhile"
+    awake = rep("3", "warm", gpu=2, created_at=5.0)
+    out = reconcile(cfg, snap(rep("1", gpu=0, load=6), sleeper, awake, slots=4), steady(1, warm=2), NOW)
+    assert ("activate", "3", "active") in acts(out), "the awake one is activated first, though newer"
+
+
+def test_warm_pool_asleep_puts_idle_warm_replicas_to_sleep_and_sleepers_give_their_gpus_back():
+    cfg = fleet(warm_pool={"min": 1, "max": 1, "asleep": 1})
+    w = rep("2", "warm", gpu=1)
+    out = reconcile(cfg, snap(rep("1", gpu=0), w, slots=2), steady(1, warm=1), NOW)
+    assert ("sleep", "2", None) in acts(out)
+    # no free GPU for a scale-up: the sleeping warm replica of a lower-priority pool is reclaimed
+    cfg2 = parse_config({"gpus": {"source": "none"}, "pools": [
+        {"name": "chat", "model": "m", "gpus_per_replica": 1, "priority": 10, "warm_pool": {"min": 0, "max": 0},
+         "targets": {"concurrency": 4}},
+        {"name": "batch", "model": "b", "gpus_per_replica": 1, "min_replicas": 0, "priority": 0,
+         "warm_pool": {"min": 1, "max": 1, "asleep": 1}, "targets": {"concurrency": 4}}]})
+    sleeper = replace(rep("2", "warm", gpu=1, sleeping=True), pool="batch")
+    out = reconcile(cfg2, snap(rep("1", gpu=0, load=12), sleeper, slots=2), steady(1), NOW)
+    stops = [a for a in out.actions if a.kind == "stop"]
+    assert [(a.replica, a.pool) for a in stops] == [("2", "batch")] and "reclaimed" in stops[0].reason
+    assert "reclaimed" in (out.states["chat"].no_capacity or "")
