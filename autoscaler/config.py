@@ -130,7 +130,7 @@ class PoolConfig(_Strict):
     # activator holds (at most max_held at once, each up to hold_timeout_s) until a replica serves
     scale_to_zero_after_s: float = Field(default=300.0, gt=0)
     hold_timeout_s: float = Field(default=120.0, gt=0)
-    max_held: int = Field(default=100, ge=0)
+    max_held: int = Field(default=1000, ge=0)
     # a replica that fails to start or exits on its own delays the pool's next cold start, doubling
     start_backoff_s: float = Field(default=2.0, gt=0)
     start_backoff_max_s: float = Field(default=120.0, gt=0)

@@ -37,7 +37,8 @@ from autoscaler.signals import ReplicaSample
 from autoscaler.sim.replica import SimReplica, SimRequest
 from inference.engines.profiles import PROFILES, SimProfile
 
-_ARRIVAL, _WAKE, _ROUTES, _GONE, _TICK = range(5)  # order of events at the same instant
+_ARRIVAL, _WAKE, _ROUTES, _GONE, _EXPIRE, _TICK = range(6)  # order of events at the same instant
+_WOKEN = -1  # a tick the activator asked for (a request held): no next tick scheduled from it
 
 
 def pool_profile(pool: PoolConfig) -> SimProfile:
@@ -148,6 +149,15 @@ def simulate(
     outstanding = len(reqs)
 
     version: dict[str, int] = {}  # the one wake event of each replica that counts
+    # The activator: requests for a pool with no routed replica wait here until one serves (or time out).
+    holding: list[SimRequest] = []
+
+    def dispatch(r: SimRequest, servers: Sequence[_Node], t: float) -> None:
+        best = min(servers, key=lambda n: n.rep.load)  # least_conn; ties: first listed
+        before = best.rep.wake_at
+        best.rep.enqueue(r, t, done)
+        finish(done)
+        settle(best.rep, before)
 
     def settle(rep: SimReplica, before: float | None) -> None:
         if rep.wake_at < math.inf and rep.wake_at != before:
@@ -181,14 +191,22 @@ def simulate(
                 finish([r])
                 continue
             if not servers:
-                r.error, r.done = "HTTP 503", now
-                finish([r])
+                if not cfg.activator.enabled or len(holding) >= target.max_held:
+                    r.error, r.done = "HTTP 503", now
+                    finish([r])
+                    continue
+                holding.append(r)
+                push(now + target.hold_timeout_s, _EXPIRE, r)
+                if len(holding) == 1:
+                    push(now, _TICK, _WOKEN)  # held requests are demand at once
                 continue
-            best = min(servers, key=lambda n: n.rep.load)  # least_conn; ties: first listed
-            before = best.rep.wake_at
-            best.rep.enqueue(r, now, done)
-            finish(done)
-            settle(best.rep, before)
+            dispatch(r, servers, now)
+        elif kind == _EXPIRE:
+            r = payload
+            if r in holding:
+                holding.remove(r)
+                r.error, r.done = "HTTP 503 hold timeout", now
+                finish([r])
         elif kind == _ROUTES:
             if pending is None or pending_at != now:
                 continue
@@ -204,7 +222,8 @@ def simulate(
                 if not n.stopping:
                     n.samples.append(n.rep.sample(now, ttft_signal[n.pool]))
             snap = Snapshot(now=now, replicas=tuple(_obs(n, now) for n in nodes.values()), gpus=gpus,
-                            routed=routed_ids, gateway_pending=pending is not None)
+                            routed=routed_ids, gateway_pending=pending is not None,
+                            held={target.name: len(holding)})
             out = reconcile(cfg, snap, states, now, policy, initial_state)
             states = dict(out.states)
             for e in out.events:
@@ -236,6 +255,13 @@ def simulate(
                 kind_name = "ready" if a.kind == "promote" else a.kind
                 events.append({"t": now, "kind": kind_name, "pool": a.pool, "replica": a.replica,
                                "reason": a.reason, **a.detail})
+            if holding:  # the activator forwards to a ready replica at once, before nginx reloads
+                by_up = {n.upstream: n for n in nodes.values() if not n.stopping}
+                ready = [by_up[u] for pr in out.routes if pr.name == target.name for u in pr.servers if u in by_up]
+                if ready:
+                    for r in holding:
+                        dispatch(r, ready, now)
+                    holding.clear()
             if out.routes != requested:
                 requested = out.routes
                 pending = out.routes
@@ -243,6 +269,8 @@ def simulate(
                     prof = profiles[target.name]
                     pending_at = max(now, last_reload + cfg.gateway.reload_min_interval_s) + prof.reload_s
                     push(pending_at, _ROUTES, None)
+            if tick == _WOKEN:
+                continue
             timeline.append((now, _status(cfg, nodes, states, now, tick, events)))
             if outstanding > 0 or now + cfg.tick_s <= end + cfg.tick_s:
                 push(now + cfg.tick_s, _TICK, tick + 1)

@@ -149,3 +149,19 @@ def test_from_zero_a_sleeping_warm_replica_answers_after_its_wake_time_not_a_col
     assert "sleep" in kinds and "wake" in kinds and "activate" in kinds
     text = httpx.get(f"{stack.admin}/metrics").text
     assert "gpufleet_replicas_sleeping" in text
+
+
+def test_a_long_held_stream_gets_sse_keepalives_then_its_tokens(local_stack):
+    pool = zero_pool(sim={"profile": "tiny", "load_time_s": 4.0, "max_num_seqs": 4, "step_base_s": 0.05})
+    stack = local_stack({"pools": [pool], "activator": {"keepalive_after_s": 0.5}}, active=0)
+    lines: list[str] = []
+    with httpx.stream("POST", f"{stack.url}/v1/chat/completions", timeout=60,
+                      json={"model": "tiny-chat", "stream": True, "max_tokens": 5,
+                            "messages": [{"role": "user", "content": "x"}]}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = [ln for ln in r.iter_lines() if ln]
+    assert lines[0].startswith(":"), "a comment first: the client sees the connection alive while held"
+    data = [ln for ln in lines if ln.startswith("data:")]
+    assert data[-1] == "data: [DONE]" and len(data) >= 6, lines
+    # and the openai client reads such a stream as usual
+    assert first_token_s(stack.url) < 5

@@ -115,8 +115,9 @@ def test_without_a_warm_pool_the_burst_waits_for_a_cold_start():
     assert p95(cold) > p95(warm) + 1.0
 
 
-def test_no_routed_replica_is_a_503_like_the_gateway():
+def test_no_routed_replica_and_no_activator_is_a_503_like_the_gateway():
     cfg = fleet(min_replicas=0, warm_pool={"min": 0, "max": 0})
+    cfg = cfg.model_copy(update={"activator": cfg.activator.model_copy(update={"enabled": False})})
     sim = simulate(cfg, [Arrival(at=0.5, max_tokens=4)], duration_s=3)
     assert [(r.status, r.ok) for r in sim.results] == [(503, False)]
 
@@ -255,3 +256,32 @@ def test_cli_simulate_takes_a_trace_file_as_is(tmp_path: Path):
     report = json.loads((out / "report.json").read_text())
     assert report["summary"]["requests"] == 200
     assert report["scenario"]["slo"]["ttft_p95_s"] == 2.0
+
+
+def _zero_fleet(**pool: object):
+    p = {"name": "chat", "model": "m", "gpus_per_replica": 1, "min_replicas": 0, "max_replicas": 2,
+         "warm_pool": {"min": 0, "max": 0}, "targets": {"concurrency": 4}, "scale_to_zero_after_s": 20,
+         "sim": {"profile": "tiny", "load_time_s": 5.0},
+         "behavior": {"scale_down": {"stabilization_s": 5, "policies": []}}}
+    p.update(pool)
+    return parse_config({"gpus": {"source": "none", "virtual_slots": 2}, "pools": [p]})
+
+
+def test_simulated_activator_holds_the_first_requests_of_a_pool_at_zero_and_it_goes_back_to_zero():
+    arr = [Arrival(at=10.0 + i * 0.1, prompt_tokens=16, max_tokens=8) for i in range(5)] + \
+          [Arrival(at=100.0, prompt_tokens=16, max_tokens=8)]
+    sim = simulate(_zero_fleet(), arr, duration_s=130)
+    assert all(r.ok for r in sim.results), [r.error for r in sim.results if not r.ok]
+    first = sim.results[0]
+    assert 5.0 < first.ttft < 8.0, "held for the cold start (startup + 5 s load), then served"
+    counts = [sum(len(p["replicas"]) for p in st["pools"].values()) for t, st in sim.timeline]
+    times = [t for t, _ in sim.timeline]
+    assert counts[times.index(9.0)] == 0, "nothing runs before the first request"
+    assert 0 in counts[times.index(50.0):times.index(99.0)], "back to zero after the idle window"
+
+
+def test_simulated_hold_timeout_is_a_503():
+    sim = simulate(_zero_fleet(hold_timeout_s=2.0), [Arrival(at=1.0, prompt_tokens=16, max_tokens=8)],
+                   duration_s=30)
+    (r,) = sim.results
+    assert not r.ok and "hold timeout" in (r.error or "")
