@@ -36,12 +36,18 @@ class ReplicaMetrics:
         self.prompt_tokens = Counter("vllm:prompt_tokens", "Prefilled tokens", labels, registry=r)
         self.generation_tokens = Counter("vllm:generation_tokens", "Generated tokens", labels,
                                          registry=r)
+        self.gpu_mem = Gauge("gpufleet_sim_gpu_memory_bytes", "GPU memory the engine holds (weights + KV pool)",
+                             labels, registry=r)
+        self.host_mem = Gauge("gpufleet_sim_host_memory_bytes", "Weights offloaded to host RAM (sleep mode)",
+                              labels, registry=r)
         self._labels = {"model_name": model_name, "engine": "0"}
 
     def observe_stats(self, s: EngineStats) -> None:
         self.running.labels(**self._labels).set(s.running)
         self.waiting.labels(**self._labels).set(s.waiting)
         self.kv.labels(**self._labels).set(s.kv_cache_usage)
+        self.gpu_mem.labels(**self._labels).set(s.gpu_memory_bytes)
+        self.host_mem.labels(**self._labels).set(s.host_memory_bytes)
 
     def finished(self, *, ttft: float, e2e: float, gaps: list[float], prompt: int, generated: int,
                  reason: str) -> None:

@@ -20,6 +20,8 @@ class EngineStats:
     running: int
     waiting: int
     kv_cache_usage: float  # 0..1, like vllm:kv_cache_usage_perc
+    gpu_memory_bytes: float = 0.0  # what the engine holds on the GPU (weights + KV pool)
+    host_memory_bytes: float = 0.0  # weights offloaded to host RAM (sleep mode)
 
 
 class Engine(Protocol):

@@ -26,6 +26,10 @@ class SimProfile:
     reload_s: float = 0.03  # gateway reload (render + nginx -t + SIGHUP) until a change routes
     stop_s: float = 1.0  # graceful stop: the GPUs stay held this long
     wake_s: float | None = None  # a sleeping replica back to serving (vLLM sleep mode level 1)
+    # Memory, for sleep mode's effect: awake, the weights and the KV pool are on the GPU; asleep
+    # (level 1) the weights are in host RAM and the GPU memory is free.
+    weights_gib: float = 1.0
+    kv_bytes_per_token: int = 128 * 1024  # Llama-3-8B with GQA, fp16
 
     def with_overrides(self, **kw: float | int | None) -> SimProfile:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
@@ -44,6 +48,8 @@ PROFILES: dict[str, SimProfile] = {
         # measured on the 2-core CI box: python + imports until the load starts (BENCHMARKS.md, fidelity)
         startup_s=1.0,
         reload_s=0.021,  # BENCHMARKS.md: render + nginx -t + SIGHUP, p50 20.9 ms (local nginx)
+        weights_gib=0.5,
+        kv_bytes_per_token=16 * 1024,
     ),
     # Llama-3-8B on one H100 (vLLM): ~12 ms/step at batch 1, ~35 ms at 256,
     # ~12k prefill tok/s, ~450k KV tokens at 0.9 memory utilisation, ~40 s to load.
@@ -59,6 +65,7 @@ PROFILES: dict[str, SimProfile] = {
         stop_s=5.0,
         # vLLM sleep mode level 1: wake 0.1-6 s vs a 30-100+ s reload (vLLM blog, Oct 2025)
         wake_s=2.0,
+        weights_gib=16.0,
     ),
     # Llama-3-8B (fp16) on one 24 GB A10G (AWS g5): estimated from the card, not measured: decode is
     # memory-bound, 16 GB of weights at ~600 GB/s → ~27 ms/step at batch 1; prefill at ~70 of the
@@ -75,6 +82,7 @@ PROFILES: dict[str, SimProfile] = {
         reload_s=0.116,
         stop_s=5.0,
         wake_s=3.0,
+        weights_gib=16.0,
     ),
     # Llama-3-70B, TP=4 on H100 NVLink: ~30 ms/step at batch 1, ~5k prefill tok/s,
     # ~900k KV tokens across the four cards, ~3 min to load from local disk.
@@ -90,5 +98,7 @@ PROFILES: dict[str, SimProfile] = {
         stop_s=10.0,
         # llm-d: hot start 4.0 s vs 85.3 s cold (Qwen3-32B, H100); a 70B on four cards, a little more
         wake_s=6.0,
+        weights_gib=140.0,
+        kv_bytes_per_token=320 * 1024,
     ),
 }

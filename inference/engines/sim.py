@@ -66,11 +66,16 @@ class SimEngine:
         self._task = asyncio.create_task(self._schedule(), name="sim-scheduler")
 
     def stats(self) -> EngineStats:
-        cap = self.profile.kv_capacity_tokens
+        p = self.profile
+        cap = p.kv_capacity_tokens
+        weights = p.weights_gib * 2**30
+        on_gpu = self._loaded and not self.sleeping
         return EngineStats(
             running=len(self._running),
             waiting=sum(1 for s in self._waiting if not s.cancelled),  # a hung-up client is no load
             kv_cache_usage=min(1.0, self._kv_used / cap) if cap else 0.0,
+            gpu_memory_bytes=weights + cap * p.kv_bytes_per_token if on_gpu else 0.0,
+            host_memory_bytes=weights if self._loaded and self.sleeping else 0.0,
         )
 
     def sleep(self) -> None:

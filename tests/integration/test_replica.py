@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from autoscaler.signals import parse_metrics
 from tests.helpers import replica_process, wait_for
@@ -170,7 +171,17 @@ def test_sleep_mode_endpoints_like_vllm():
     with replica_process("--load-time", "0.2", "--wake-time", "0.8", ready=True) as url:
         body = {"model": "m1", "prompt": "x", "max_tokens": 2}
         assert httpx.get(f"{url}/is_sleeping").json() == {"is_sleeping": False}
+
+        def memory() -> tuple[float, float]:
+            fams = {s.name: s.value for f in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
+                    for s in f.samples}
+            return fams["gpufleet_sim_gpu_memory_bytes"], fams["gpufleet_sim_host_memory_bytes"]
+
+        awake_gpu, awake_host = memory()
+        assert awake_gpu > 0 and awake_host == 0
         assert httpx.post(f"{url}/sleep?level=1").status_code == 200
+        gpu, host = memory()
+        assert gpu == 0 and 0 < host < awake_gpu, "asleep: the GPU memory is free, the weights are in host RAM"
         assert httpx.get(f"{url}/is_sleeping").json() == {"is_sleeping": True}
         r = httpx.post(f"{url}/v1/completions", json=body)
         assert r.status_code == 503 and "sleeping" in r.json()["error"]["message"]
