@@ -49,9 +49,9 @@ def _wants_stream(body: bytes) -> bool:
 
 
 class Activator:
-    def __init__(self, cfg: FleetConfig, notify: Callable[[str], None]) -> None:
+    def __init__(self, cfg: FleetConfig, notify: Callable[[str], None] = lambda pool: None) -> None:
         self.cfg = cfg
-        self.notify = notify  # a request is held for this pool: tick now
+        self.notify = notify  # a request is held for this pool: tick now (the Controller sets it)
         self.held: dict[str, int] = {p.name: 0 for p in cfg.pools}
         self.forwarded: dict[str, int] = {p.name: 0 for p in cfg.pools}
         self.timed_out: dict[str, int] = {p.name: 0 for p in cfg.pools}

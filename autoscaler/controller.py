@@ -109,6 +109,8 @@ class Controller:
         self._routed: frozenset[str] = frozenset()  # replica ids in the config nginx last loaded
         self._last_routes: dict[str, PoolRoute] = {}
         self._wake = asyncio.Event()  # a request is held for a pool at zero: tick now
+        if activator is not None:
+            activator.notify = self.wake
         self._sleep_calls: set[str] = set()  # replicas with a /sleep or /wake_up in flight
         gateway.on_reload.append(self._on_reload)
 

@@ -84,11 +84,9 @@ async def run_docker(cfg: FleetConfig) -> None:
     # an adopted nginx runs on is safe: the files count only at its next reload, which is the first update.
     gateway.write_initial(routes=initial_routes(cfg))
     runtime = DockerRuntime(client, project, network, image, gpus_visible=nvidia_runtime(client))
-    wake: list[Controller] = []
-    activator = Activator(cfg, lambda pool: wake[0].wake(pool)) if act.enabled else None
+    activator = Activator(cfg) if act.enabled else None
     controller = Controller(cfg, runtime, gateway, make_placer(cfg.gpus), TargetsWriter(TARGETS),
                             activator=activator)
-    wake.append(controller)
     admin = AdminServer(uvicorn.Config(create_admin_app(controller, cfg.admin.token), host=cfg.admin.host,
                                         port=cfg.admin.port, log_level="warning", access_log=False))
     admin_task = asyncio.create_task(admin.serve())

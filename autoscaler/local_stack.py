@@ -115,11 +115,9 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
     gateway.write_initial(keep_existing=adopted, routes=initial_routes(cfg))
     prom = LocalPrometheus(run_dir, cfg) if cfg.prometheus.enabled else None
     runtime = LocalRuntime(run_dir / "replicas")
-    wake: list[Controller] = []
-    activator = Activator(cfg, lambda pool: wake[0].wake(pool)) if act.enabled else None
+    activator = Activator(cfg) if act.enabled else None
     controller = Controller(cfg, runtime, gateway, make_placer(cfg.gpus),
                             TargetsWriter(run_dir / "prometheus" / "targets.json"), activator=activator)
-    wake.append(controller)
     act_server = AdminServer(uvicorn.Config(create_activator_app(activator), host=act.host, port=act.port,
                                             log_level="warning", access_log=False)) if activator else None
     admin = AdminServer(uvicorn.Config(create_admin_app(controller, cfg.admin.token),

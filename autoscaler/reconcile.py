@@ -372,8 +372,8 @@ def _pool_step(
                 # A sleeping warm replica holds GPUs it does not use: reclaim them (lowest priority first).
                 sleepers = sorted((r for r in live.values() if r.sleeping and r.role == "warm"
                                    and r.id not in activating and r.gpus),
-                                  key=lambda r: (cfg.pool(r.pool).priority if r.pool in {q.name for q in cfg.pools}
-                                                 else 0, r.pool != p.name, r.created_at))
+                                  key=lambda r: (next((q.priority for q in cfg.pools if q.name == r.pool), 0),
+                                                 r.pool != p.name, r.created_at))
                 if sleepers and a.role == "active":
                     v = sleepers[0]
                     acts.append(Action("stop", v.pool, v.id, reason=f"reclaimed: its GPUs for pool {p.name}",
