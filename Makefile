@@ -49,6 +49,8 @@ up: need-compose
 	$(COMPOSE) up -d $(if $(OFFLINE),,--build)
 	@echo "gateway http://localhost:8080  admin http://127.0.0.1:8181/status  prometheus http://localhost:9090" \
 	  "$(if $(OFFLINE),,grafana http://localhost:3000)"
+	@echo "API key: $(COMPOSE) exec -T autoscaler cat /var/lib/gpufleet/api-keys.default-key;" \
+	  "admin token: ... cat /var/lib/gpufleet-admin/admin-token (SECURITY.md)"
 
 down: need-compose
 	$(COMPOSE) down --remove-orphans

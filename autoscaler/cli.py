@@ -33,6 +33,52 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _secret_default(env: str, path: Path) -> str | None:
+    """A client's credential: the environment, else the file the local stack made in ./run."""
+    if os.environ.get(env):
+        return os.environ[env]
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _keys(args: argparse.Namespace) -> int:
+    import yaml
+
+    from autoscaler.gateway.access import KeysError, KeysFile, hash_key, load_keys, new_key, write_private
+
+    path: Path = args.file
+    if args.action == "list":
+        try:
+            keys = load_keys(path)
+        except KeysError as e:
+            print(f"gpufleet keys: {e}", file=sys.stderr)
+            return 2
+        for k in keys:
+            print(f"{k.name:20s} tier={k.tier:10s} models={','.join(k.models)} "
+                  f"rate={k.requests_per_s:g}/s burst={k.burst} concurrent={k.concurrent}")
+        return 0
+    if not args.name:
+        print("gpufleet keys new: name the key, e.g. `gpufleet keys new alice`", file=sys.stderr)
+        return 2
+    doc = yaml.safe_load(path.read_text()) if path.exists() else None
+    doc = doc if isinstance(doc, dict) else {"keys": []}
+    key = new_key()
+    entry = {"name": args.name, "sha256": hash_key(key), "tier": args.tier, "models": args.models.split(","),
+             "requests_per_s": args.requests_per_s, "burst": args.burst, "concurrent": args.concurrent}
+    doc["keys"] = [*(doc.get("keys") or []), entry]
+    try:
+        KeysFile.model_validate(doc)
+    except ValueError as e:
+        print(f"gpufleet keys: not added: {e}", file=sys.stderr)
+        return 2
+    write_private(path, yaml.safe_dump(doc, sort_keys=False))
+    print(f"added key {args.name!r} to {path} (only its SHA-256 is stored; a running gateway picks it up "
+          f"within a second). The key, shown once:\n{key}")
+    return 0
+
+
 def _validate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     print(f"{args.config or 'built-in default'}: OK, pools: "
@@ -112,7 +158,7 @@ def _scale_test(args: argparse.Namespace) -> int:
     sc, base = load_scenario(args.scenario)
     if args.duration is not None:
         sc = sc.model_copy(update={"duration_s": args.duration})
-    run = Run(sc, args.url.rstrip("/"), args.admin.rstrip("/"), args.token)
+    run = Run(sc, args.url.rstrip("/"), args.admin.rstrip("/"), args.token, api_key=args.api_key)
     try:
         summary = asyncio.run(execute(run, base))
     except NoStack as e:
@@ -196,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gpufleet", description="Elastic LLM serving on one GPU host.")
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="cmd", required=True)
+    admin_token = _secret_default("GPUFLEET_ADMIN_TOKEN", Path("run/admin-token"))
 
     up = sub.add_parser("up", help="start the stack in the foreground")
     up.add_argument("--local", action="store_true", help="replicas, nginx and Prometheus as host processes")
@@ -206,13 +253,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="state, generated configs and logs (default ./run)")
     up.set_defaults(func=_up)
 
+    ks = sub.add_parser("keys", help="the gateway's API keys: `keys new NAME` adds one, `keys list` shows them")
+    ks.add_argument("action", choices=["new", "list"])
+    ks.add_argument("name", nargs="?", default=None, help="new: the key's name (lower-case, digits, - _)")
+    ks.add_argument("--file", type=Path, default=Path(os.environ.get("GPUFLEET_KEYS_FILE", "run/api-keys.yaml")),
+                    help="the keys file (default: $GPUFLEET_KEYS_FILE, else run/api-keys.yaml; in the compose "
+                         "stack /var/lib/gpufleet/api-keys.yaml)")
+    ks.add_argument("--tier", default="default")
+    ks.add_argument("--models", default="*", help="comma-separated model names this key may use (default: all)")
+    ks.add_argument("--requests-per-s", type=float, default=20)
+    ks.add_argument("--burst", type=int, default=40)
+    ks.add_argument("--concurrent", type=int, default=16)
+    ks.set_defaults(func=_keys)
+
     val = sub.add_parser("validate", help="check a fleet.yaml and exit")
     val.add_argument("config", type=Path, nargs="?", default=None)
     val.set_defaults(func=_validate)
     gp = sub.add_parser("gpus", help="GPU topology, NUMA affinity and holders; --place K for a what-if")
     gp.add_argument("--topology", type=Path, help="a file with the output of `nvidia-smi topo -m`")
     gp.add_argument("--admin", default="http://127.0.0.1:8181", help="the live autoscaler's admin API")
-    gp.add_argument("--token", default=None, help="admin token, if the fleet has one")
+    gp.add_argument("--token", default=admin_token, help="admin token (default: $GPUFLEET_ADMIN_TOKEN, else "
+                    "run/admin-token, which the local stack makes)")
     gp.add_argument("--place", type=int, metavar="K", help="which GPUs a K-GPU replica would get")
     gp.add_argument("--model", default=None, help="GPU model the replica needs (substring, e.g. H100)")
     gp.add_argument("--min-memory", type=int, default=0, metavar="MIB")
@@ -223,7 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("scenario", nargs="?", default="default", help="a scenario YAML file or a shipped name")
     st.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
     st.add_argument("--admin", default="http://127.0.0.1:8181", help="the autoscaler's admin API")
-    st.add_argument("--token", default=None, help="admin token, if the fleet has one")
+    st.add_argument("--token", default=admin_token, help="admin token (default: $GPUFLEET_ADMIN_TOKEN, else "
+                    "run/admin-token, which the local stack makes)")
+    st.add_argument("--api-key", default=_secret_default("GPUFLEET_API_KEY", Path("run/api-keys.default-key")),
+                    help="the gateway's API key (default: $GPUFLEET_API_KEY, else run/api-keys.default-key)")
     st.add_argument("--out", type=Path, default=None, help="report folder (default reports/<scenario>-<time>)")
     st.add_argument("--duration", type=float, default=None, help="override the scenario's duration (s)")
     st.add_argument("--no-plot", action="store_true", help="no timeline.png (no matplotlib needed)")

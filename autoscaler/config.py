@@ -109,6 +109,13 @@ class SimEngineArgs(_Strict):
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 
 
+class ReplicaLimits(_Strict):
+    """Per replica container (Docker). Generous by default: a sleeping replica keeps its weights in host RAM."""
+
+    memory: str = Field(default="32g", pattern=r"^[1-9][0-9]{0,8}[kKmMgG]?$")  # Docker's size syntax
+    pids: int = Field(default=2048, ge=16, le=1_000_000)
+
+
 class PoolConfig(_Strict):
     name: str
     model: str = Field(min_length=1, max_length=256)
@@ -116,6 +123,7 @@ class PoolConfig(_Strict):
     sim: SimEngineArgs = SimEngineArgs()
     command: tuple[str, ...] | None = None  # engine=command: argv with {port} and {model}
     image: str | None = None  # docker runtime: a replica image other than ours (e.g. vLLM)
+    limits: ReplicaLimits = ReplicaLimits()  # docker runtime: each replica container's memory and pids
     gpus_per_replica: int = Field(default=1, ge=0, le=8)
     gpu_model: str | None = None  # substring of the GPU name, e.g. "H100"
     gpu_min_memory_mb: int = Field(default=0, ge=0)
@@ -178,6 +186,18 @@ def _ip_or_localhost(v: str) -> str:
     return v
 
 
+class AuthConfig(_Strict):
+    """API keys at the gateway. On unless switched off; with no keys_file, the stack makes one on first
+    start (`api-keys.yaml` in its state directory) holding one generated key, shown once in the log."""
+
+    enabled: bool = True
+    keys_file: Path | None = None
+    # the whole gateway, whatever the key: what the host can take
+    global_requests_per_s: float = Field(default=1000, gt=0, le=1_000_000)
+    global_burst: int = Field(default=2000, ge=0, le=10_000_000)
+    global_concurrent: int = Field(default=4096, ge=1, le=1_000_000)
+
+
 class GatewayConfig(_Strict):
     # listen and port: the local stack's; in Docker nginx listens on 8080 and compose publishes it
     listen: str = "127.0.0.1"
@@ -187,6 +207,7 @@ class GatewayConfig(_Strict):
     # nginx size syntax; these values are written into nginx.conf, so nothing else gets through
     client_max_body_size: str = Field(default="1m", pattern=r"^[1-9][0-9]{0,8}[kKmMgG]?$")
     upstream_template: Path | None = None  # override the packaged Jinja2 template
+    auth: AuthConfig = AuthConfig()
 
     _listen = field_validator("listen")(_ip_or_localhost)
 
@@ -339,6 +360,19 @@ def load_config(path: Path | None) -> FleetConfig:
             load_topology_file(Path(tf))
         except TopologyParseError as e:
             raise ConfigError(f"{path}: gpus.topology_file: {e}") from None
+    kf = cfg.gateway.auth.keys_file
+    if kf is not None:
+        if not kf.is_absolute() and (base / kf).exists():
+            kf = base / kf
+            auth = cfg.gateway.auth.model_copy(update={"keys_file": kf})
+            cfg = cfg.model_copy(update={"gateway": cfg.gateway.model_copy(update={"auth": auth})})
+        if cfg.gateway.auth.enabled:
+            from autoscaler.gateway.access import KeysError, load_keys
+
+            try:
+                load_keys(Path(kf))
+            except KeysError as e:
+                raise ConfigError(f"{path}: gateway.auth.keys_file: {e}") from None
     ut = cfg.gateway.upstream_template
     if ut is not None:
         if not ut.is_absolute() and (base / ut).exists():

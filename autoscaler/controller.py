@@ -427,7 +427,8 @@ class Controller:
             last_tick_at=self.last_tick_at, last_tick_s=self.tick_seconds[-1] if self.tick_seconds else None,
             tick_errors=self.tick_errors,
             gateway=GatewayStatus(reloads=g.reloads, errors=g.render_errors, last_error=g.last_error,
-                                  last_reload_at=g.last_reload_at, last_reload_s=g.last_reload_s),
+                                  last_reload_at=g.last_reload_at, last_reload_s=g.last_reload_s,
+                                  **self.gateway.access_summary()),
             events=[EventStatus(**e) for e in list(self.events)[-200:]],
         )
 

@@ -23,6 +23,7 @@ from autoscaler.activator import Activator, create_activator_app
 from autoscaler.admin import AdminServer, create_admin_app
 from autoscaler.config import FleetConfig
 from autoscaler.controller import Controller
+from autoscaler.credentials import admin_token, keys_source
 from autoscaler.gateway.nginx import Gateway, docker_nginx_conf
 from autoscaler.gateway.render import initial_routes
 from autoscaler.gpus.placement import make_placer
@@ -31,8 +32,12 @@ from autoscaler.runtime.docker import DockerNginx, DockerRuntime
 
 log = logging.getLogger("gpufleet.docker")
 
-NGINX_DIR = Path(os.environ.get("GPUFLEET_NGINX_DIR", "/run/gpufleet/nginx"))
+# the gateway's own path for its config: nginx -t here reads exactly what the gateway will
+NGINX_DIR = Path(os.environ.get("GPUFLEET_NGINX_DIR", "/etc/nginx/gpufleet"))
 TARGETS = Path(os.environ.get("GPUFLEET_TARGETS", "/run/gpufleet/prometheus/targets.json"))
+# a volume: the admin token (Prometheus mounts it too, read-only) and the gateway's keys file
+STATE_DIR = Path(os.environ.get("GPUFLEET_STATE_DIR", "/var/lib/gpufleet"))
+ADMIN_DIR = Path(os.environ.get("GPUFLEET_ADMIN_DIR", "/var/lib/gpufleet-admin"))  # Prometheus reads this one
 
 
 def discover(client: Any) -> tuple[str, str, str]:
@@ -43,7 +48,10 @@ def discover(client: Any) -> tuple[str, str, str]:
     try:
         me = client.containers.get(socket.gethostname())
         project = project or me.labels.get("com.docker.compose.project")
-        network = network or next(iter(me.attrs["NetworkSettings"]["Networks"]))
+        nets = list(me.attrs["NetworkSettings"]["Networks"])
+        # GPUFLEET_NETWORK may name the compose network as compose.yaml does ("backend"), without the project
+        match = [n for n in nets if network and (n == network or n.endswith(f"_{network}"))]
+        network = match[0] if match else (network or nets[0])
         image = image or (me.image.tags[0] if me.image.tags else me.image.id)
     except Exception as e:  # not in a container, or no permission to inspect
         log.warning("could not inspect own container (%s); using environment", e)
@@ -63,6 +71,8 @@ def nvidia_runtime(client: Any) -> bool:
 async def run_docker(cfg: FleetConfig) -> None:
     import docker
 
+    token, _ = admin_token(cfg, ADMIN_DIR)
+    keys = keys_source(cfg, STATE_DIR)
     client = docker.from_env()
     project, network, image = discover(client)
     log.info("compose project %s, network %s, replica image %s", project, network, image)
@@ -78,7 +88,7 @@ async def run_docker(cfg: FleetConfig) -> None:
                       main_conf=lambda: docker_nginx_conf(client_max_body_size=g.client_max_body_size,
                                                           worker_shutdown_timeout=g.worker_shutdown_timeout_s,
                                                           activator=act.enabled),
-                      activator=act.enabled)
+                      activator=act.enabled, keys=keys)
     # Every pool's model, none serving: the gateway, even restarted before the first reload, sends their
     # requests to the activator (which forwards to replicas it is told of), never a 404. Overwriting what
     # an adopted nginx runs on is safe: the files count only at its next reload, which is the first update.
@@ -87,7 +97,7 @@ async def run_docker(cfg: FleetConfig) -> None:
     activator = Activator(cfg) if act.enabled else None
     controller = Controller(cfg, runtime, gateway, make_placer(cfg.gpus), TargetsWriter(TARGETS),
                             activator=activator)
-    admin = AdminServer(uvicorn.Config(create_admin_app(controller, cfg.admin.token), host=cfg.admin.host,
+    admin = AdminServer(uvicorn.Config(create_admin_app(controller, token), host=cfg.admin.host,
                                         port=cfg.admin.port, log_level="warning", access_log=False))
     admin_task = asyncio.create_task(admin.serve())
     # on the compose network only (not published): the gateway reaches it as autoscaler:8182

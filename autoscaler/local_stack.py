@@ -23,6 +23,7 @@ from autoscaler.activator import Activator, create_activator_app
 from autoscaler.admin import AdminServer, create_admin_app
 from autoscaler.config import FleetConfig
 from autoscaler.controller import Controller
+from autoscaler.credentials import admin_token, keys_source
 from autoscaler.gateway.nginx import Gateway, LocalNginx, atomic_write
 from autoscaler.gateway.render import initial_routes, packaged_template, render_template
 from autoscaler.gpus.placement import make_placer
@@ -42,9 +43,10 @@ def _stop_stale(pid_file: Path, sig: int = signal.SIGQUIT) -> None:
 
 
 class LocalPrometheus:
-    def __init__(self, run_dir: Path, cfg: FleetConfig) -> None:
+    def __init__(self, run_dir: Path, cfg: FleetConfig, token_file: Path | None = None) -> None:
         self.dir = run_dir / "prometheus"
         self.cfg = cfg
+        self.token_file = token_file  # the admin token, to scrape the autoscaler
         self.binary = shutil.which("prometheus")
         self.proc: subprocess.Popen[bytes] | None = None
         self.targets = self.dir / "targets.json"
@@ -59,7 +61,7 @@ class LocalPrometheus:
             packaged_template("prometheus.yml.j2"), mode="local", scrape_interval="2s",
             rule_files=[str(rules)] if rules.exists() else [],
             autoscaler_target=f"{self.cfg.admin.host}:{self.cfg.admin.port}",
-            targets_file=str(self.targets),
+            targets_file=str(self.targets), credentials_file=self.token_file,
         )
         atomic_write(self.dir / "prometheus.yml", text)
         _stop_stale(self.dir / "prometheus.pid", signal.SIGTERM)
@@ -105,22 +107,24 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
+    token, token_file = admin_token(cfg, run_dir)
+    keys = keys_source(cfg, run_dir)
     act = cfg.activator
     nginx = LocalNginx(run_dir, cfg.gateway, activator=f"{act.host}:{act.port}" if act.enabled else None)
     nginx.render_main()
     adopted = nginx.adopt()
     gateway = Gateway(nginx.conf_dir, cfg.gateway, nginx.validate, nginx.reload, nginx.probe,
-                      activator=act.enabled)
+                      activator=act.enabled, keys=keys)
     # adopted: nginx serves the fleet the files describe; the first update reloads it with today's
     gateway.write_initial(keep_existing=adopted, routes=initial_routes(cfg))
-    prom = LocalPrometheus(run_dir, cfg) if cfg.prometheus.enabled else None
+    prom = LocalPrometheus(run_dir, cfg, token_file) if cfg.prometheus.enabled else None
     runtime = LocalRuntime(run_dir / "replicas")
     activator = Activator(cfg) if act.enabled else None
     controller = Controller(cfg, runtime, gateway, make_placer(cfg.gpus),
                             TargetsWriter(run_dir / "prometheus" / "targets.json"), activator=activator)
     act_server = AdminServer(uvicorn.Config(create_activator_app(activator), host=act.host, port=act.port,
                                             log_level="warning", access_log=False)) if activator else None
-    admin = AdminServer(uvicorn.Config(create_admin_app(controller, cfg.admin.token),
+    admin = AdminServer(uvicorn.Config(create_admin_app(controller, token),
                                         host=cfg.admin.host, port=cfg.admin.port,
                                         log_level="warning", access_log=False))
     try:

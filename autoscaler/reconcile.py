@@ -312,7 +312,8 @@ def reconcile(
         routed = sorted((r for r in live.values() if r.pool == p.name and r.role == "active" and r.ready),
                         key=lambda r: (-r.role_since, r.upstream))
         ids.update(r.id for r in routed)
-        routes.append(PoolRoute(p.name, p.model, tuple(r.upstream for r in routed), p.fallback))
+        routes.append(PoolRoute(p.name, p.model, tuple(r.upstream for r in routed), p.fallback,
+                                 tuple(r.id for r in routed)))
     return Reconciled(tuple(acts), new_states, tuple(routes), frozenset(ids), tuple(events))
 
 
@@ -382,7 +383,8 @@ def _pool_step(
                 break
             used.update(placed.gpus)
             spec = ReplicaSpec(pool=p.name, model=p.model, argv=replica_argv(p), config_hash=p.config_hash(),
-                               target_role=a.role, gpus=placed.gpus, cpus=placed.cpus, image=p.image)
+                               target_role=a.role, gpus=placed.gpus, cpus=placed.cpus, image=p.image,
+                               memory_limit=p.limits.memory, pids_limit=p.limits.pids)
             acts.append(Action("start", p.name, None, role=a.role, reason=a.reason, spec=spec,
                                detail={"placement": placed.note}))
     # The warm pool's sleepers: `warm_pool.asleep` of the idle warm replicas sleep, the others stay awake.

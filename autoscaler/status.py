@@ -74,6 +74,8 @@ class GatewayStatus(_M):
     last_error: str | None
     last_reload_at: float | None
     last_reload_s: float | None
+    auth: bool = True  # API keys checked; False: anyone who reaches the gateway is served
+    api_keys: int = 0  # keys in force (names only ever leave the keys file)
 
 
 class EventStatus(BaseModel):

@@ -4,8 +4,8 @@
 
 Activation latency, two ways: the scale-up decision that activated a warm
 replica → nginx reloaded with it (the autoscaler's `routed` event), and → the
-first token from that replica (its address in the gateway's
-X-Gpufleet-Upstream header; at low request rates this includes the wait for
+first token from that replica (the gateway's X-Gpufleet-Replica header; older
+reports: its address; at low request rates this includes the wait for
 the next request). Cold start: a replica's creation → ready, as the
 autoscaler's `ready` event records it.
 """
@@ -30,7 +30,8 @@ def activation_latencies(report: dict) -> list[dict[str, float | str]]:
         decision = max((d["t"] for d in events if d["kind"] == "decision" and d["t"] <= e["t"]), default=e["t"])
         addr = upstream.get(e["replica"])
         firsts = [r["sent"] + (r["ttft"] if r["ttft"] is not None else r["e2e"] or 0)
-                  for r in report["requests"] if addr and r["upstream"] == addr and r["ok"]]
+                  for r in report["requests"] if r["ok"] and (r.get("replica") == e["replica"]
+                                                              or (addr and r.get("upstream") == addr))]
         after = [t for t in firsts if t >= decision]
         routed = [x["t"] for x in events if x["kind"] == "routed" and x.get("replica") == e["replica"]
                   and x["t"] >= e["t"]]

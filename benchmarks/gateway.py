@@ -5,6 +5,9 @@ first response from a newly routed replica, and nginx's proxy overhead.
 
 Real nginx (Debian, njs routing) and two real replica processes on the sim
 engine with a fast profile (2 ms steps), so the replica itself adds little.
+Auth on: every proxied request carries an API key that njs hashes and looks up
+(per-key and global limits set high enough not to bind), so the overhead
+includes the key check. `--no-auth` measures without it.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from pathlib import Path
 import httpx
 
 from autoscaler.config import GatewayConfig
+from autoscaler.gateway.access import KeysSource, hash_key, new_key
 from autoscaler.gateway.nginx import Gateway, LocalNginx
 from autoscaler.gateway.render import PoolRoute
 from tests.helpers import free_port, wait_for
 
 MODEL = "bench"
+KEY = new_key()
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -47,7 +52,8 @@ def start_replica() -> tuple[subprocess.Popen[bytes], str]:
 async def load(url: str, n: int, conc: int) -> list[float]:
     lat: list[float] = []
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=conc), timeout=30) as c:
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=conc), timeout=30,
+                                 headers={"Authorization": f"Bearer {KEY}"}) as c:
         sem = asyncio.Semaphore(conc)
 
         async def one() -> None:
@@ -66,20 +72,20 @@ async def load(url: str, n: int, conc: int) -> list[float]:
 async def reloads(gw: Gateway, url: str, a: str, b: str, n: int) -> tuple[list[float], list[float]]:
     """Alternate the upstream between {a} and {a, b}; time the reload and reload → first response from b."""
     flush, effective = [], []
-    async with httpx.AsyncClient(timeout=10) as c:
+    async with httpx.AsyncClient(timeout=10, headers={"Authorization": f"Bearer {KEY}"}) as c:
         body = {"model": MODEL, "prompt": "x", "max_tokens": 1}
         for _ in range(n):
-            await gw.update([PoolRoute("bench", MODEL, (a,))])
+            await gw.update([PoolRoute("bench", MODEL, (a,), replica_ids=("a",))])
             await asyncio.sleep(0.6)
             t0 = time.perf_counter()
-            await gw.update([PoolRoute("bench", MODEL, tuple(sorted((a, b))))])
+            await gw.update([PoolRoute("bench", MODEL, (a, b), replica_ids=("a", "b"))])
             flush.append(gw.stats.last_reload_s or 0)
             while True:
                 try:
                     r = await c.post(f"{url}/v1/completions", json=body)
                 except (httpx.ReadError, httpx.RemoteProtocolError):
                     continue  # an idle keep-alive connection the old worker closed: retry, like clients do
-                if r.headers.get("x-gpufleet-upstream") == b:
+                if r.headers.get("x-gpufleet-replica") == "b":
                     effective.append(time.perf_counter() - t0)
                     break
                 if time.perf_counter() - t0 > 5:
@@ -94,19 +100,24 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--reloads", type=int, default=30)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--no-auth", action="store_true", help="gateway.auth off: no key check")
     args = ap.parse_args()
     (r1, a), (r2, b) = start_replica(), start_replica()
     run = Path(tempfile.mkdtemp(prefix="gpufleet-bench-"))
     cfg = GatewayConfig(port=free_port(), reload_min_interval_s=0)
     ng = LocalNginx(run, cfg)
     ng.render_main()
-    gw = Gateway(ng.conf_dir, cfg, ng.validate, ng.reload)
+    keys_file = run / "keys.yaml"
+    keys_file.write_text(f"keys: [{{name: bench, sha256: {hash_key(KEY)}, requests_per_s: 100000, "
+                         f"burst: 100000, concurrent: 10000}}]\n")
+    keys = KeysSource(not args.no_auth, None if args.no_auth else keys_file, 100000, 100000, 10000)
+    gw = Gateway(ng.conf_dir, cfg, ng.validate, ng.reload, keys=keys)
     gw.write_initial()
     ng.start()
     url = f"http://127.0.0.1:{cfg.port}"
     try:
         async def go() -> dict[str, object]:
-            await gw.update([PoolRoute("bench", MODEL, (a,))])
+            await gw.update([PoolRoute("bench", MODEL, (a,), replica_ids=("a",))])
             await asyncio.sleep(0.5)
             direct = await load(f"http://{a}", args.requests, args.concurrency)
             proxied = await load(url, args.requests, args.concurrency)
@@ -120,6 +131,7 @@ def main() -> None:
         r2.terminate()
     d, p = res["direct"], res["proxied"]
     out = {
+        "auth": not args.no_auth,
         "concurrency": args.concurrency, "requests": args.requests,
         "direct_ms": {"p50": 1e3 * pct(d, 50), "p99": 1e3 * pct(d, 99)},
         "nginx_ms": {"p50": 1e3 * pct(p, 50), "p99": 1e3 * pct(p, 99)},

@@ -85,8 +85,11 @@ class LocalStack:
         self.gw_port, self.admin_port, self.prom_port = free_port(), free_port(), free_port()
         cfg = dict(config)
         cfg.setdefault("gateway", {})["port"] = self.gw_port
+        # API keys are tested on their own (test_access.py); elsewhere the gateway is open, as a laptop's may be
+        cfg["gateway"].setdefault("auth", {"enabled": False})
         cfg.setdefault("admin", {})["port"] = self.admin_port
         cfg.setdefault("prometheus", {})["port"] = self.prom_port
+        cfg.setdefault("activator", {}).setdefault("port", free_port())  # two stacks at once never collide
         self.config_path = tmp / "fleet.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg))
         self.url = f"http://127.0.0.1:{self.gw_port}"
@@ -109,8 +112,23 @@ class LocalStack:
                      timeout, "the stack's admin API and gateway")
         return self
 
+    @property
+    def admin_token(self) -> str:
+        """The admin token the stack made on first start (run/admin-token)."""
+        try:
+            return (self.run_dir / "admin-token").read_text().strip()
+        except OSError:
+            return ""
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"} if self.admin_token else {}
+
+    def admin_get(self, path: str, timeout: float = 5) -> httpx.Response:
+        return httpx.get(f"{self.admin}{path}", headers=self.admin_headers, timeout=timeout)
+
     def status(self) -> dict[str, Any]:
-        r = httpx.get(f"{self.admin}/status", timeout=5)
+        r = self.admin_get("/status")
         r.raise_for_status()
         st = r.json()
         FleetStatus.model_validate(st)  # /status is one typed model

@@ -19,7 +19,9 @@ from pathlib import Path
 import httpx
 
 from autoscaler.config import GatewayConfig
+from autoscaler.gateway.access import AccessPolicy, KeysSource
 from autoscaler.gateway.render import (
+    NO_KEYS,
     TEMPLATES,
     PoolRoute,
     files_generation,
@@ -79,8 +81,11 @@ class Gateway:
         probe: Callable[[], str | None] | None = None,
         main_conf: Callable[[], str] | None = None,
         activator: bool = False,
+        keys: KeysSource | None = None,
     ) -> None:
         self.activator = activator
+        # the API keys nginx enforces; re-read on change (None: auth on, no key valid)
+        self.keys = keys
         self.conf_dir = conf_dir
         # Docker: nginx.conf itself is rendered here from fleet.yaml's gateway settings and lives in the
         # shared volume with the rest, so nothing the user sets is baked into the image.
@@ -112,7 +117,7 @@ class Gateway:
         """
         shutil.copyfile(TEMPLATES / "gateway.js", self.conf_dir / "gateway.js")
         # every pool's model is known from the start (with no server yet): the activator holds, no 404
-        files = render_gateway(routes, activator=self.activator)
+        files = render_gateway(routes, activator=self.activator, access=self._access())
         if self._main_conf is not None:
             files[MAIN_CONF] = self._main_conf()
         for name, text in files.items():
@@ -128,7 +133,7 @@ class Gateway:
         `docker exec`) never stalls the event loop, so scrapes and /status go on meanwhile.
         """
         try:
-            files = render_gateway(routes, self.cfg.upstream_template, self.activator)
+            files = render_gateway(routes, self.cfg.upstream_template, self.activator, self._access())
             if self._main_conf is not None:
                 files[MAIN_CONF] = self._main_conf()
         except Exception as e:  # a broken template must never take the gateway down
@@ -150,6 +155,18 @@ class Gateway:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(wait, lambda: self._tasks.add(loop.create_task(self.flush())))
         return True
+
+    def _access(self) -> AccessPolicy:
+        if self.keys is None:
+            return NO_KEYS
+        err = self.keys.poll()  # a stat per tick; the file is read only when it changed
+        if err:
+            self._error(f"keys file rejected, the gateway keeps the last good keys: {err}")
+        return self.keys.policy
+
+    def access_summary(self) -> dict[str, bool | int]:
+        policy = self.keys.policy if self.keys else NO_KEYS
+        return {"auth": policy.enabled, "api_keys": len(policy.keys)}
 
     @property
     def pending(self) -> bool:

@@ -12,6 +12,8 @@ from typing import Any
 
 import jinja2
 
+from autoscaler.gateway.access import AccessPolicy, render_access
+
 
 @dataclass(frozen=True)
 class PoolRoute:
@@ -19,6 +21,7 @@ class PoolRoute:
     model: str
     servers: tuple[str, ...]  # host:port of routed, ready replicas
     fallback: tuple[str, ...] = ()
+    replica_ids: tuple[str, ...] = ()  # the replica behind each server, same order (for X-Gpufleet-Replica)
 
 
 def initial_routes(cfg: Any) -> list[PoolRoute]:
@@ -43,24 +46,51 @@ def render_template(source: str, **ctx: Any) -> str:
     return _env().from_string(source).render(**ctx)
 
 
+# Until a keys file is read: auth on with no key (every API request 401), never open by accident.
+NO_KEYS = AccessPolicy(enabled=True)
+
+
+def _nginx_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_replica_names(routes: Sequence[PoolRoute]) -> str:
+    """$gf_replica: the replica id behind the upstream address nginx used (the address itself stays inside)."""
+    lines = ["# Rendered by gpufleet's autoscaler: upstream address -> replica id.",
+             "map $upstream_addr $gf_replica {", '    default "";']
+    for p in sorted(routes, key=lambda r: r.name):
+        for addr, rid in zip(p.servers, p.replica_ids, strict=False):
+            lines.append(f"    {_nginx_str(addr)} {_nginx_str(rid)};")
+    return "\n".join(lines) + "\n}\n"
+
+
 def render_gateway(
-    routes: Sequence[PoolRoute], upstream_template: Path | None = None, activator: bool = False
+    routes: Sequence[PoolRoute], upstream_template: Path | None = None, activator: bool = False,
+    access: AccessPolicy = NO_KEYS,
 ) -> dict[str, str]:
     """{file name: content} for the files the gateway includes. Raises on a broken template.
-    activator: a pool with no serving replica (nor fallback) goes to the activator instead of a 503."""
+    activator: a pool with no serving replica (nor fallback) goes to the activator instead of a 503.
+    access: the API keys and limits nginx enforces."""
     pools = sorted(routes, key=lambda r: r.name)
+    acc = render_access(access)
     src = upstream_template.read_text() if upstream_template else packaged_template("upstreams.conf.j2")
     table = {
         "routes": {p.model: p.name for p in pools},
         "serving": {p.name: bool(p.servers) for p in pools},
         "fallback": {p.name: list(p.fallback) for p in pools if p.fallback},
         "activator": activator,
+        **acc["table"],
     }
     upstreams = render_template(src, pools=pools)
     # Which config a worker runs: /v1/models answers it in a header, so a reload can be confirmed.
-    table["generation"] = hashlib.sha256((upstreams + json.dumps(table, sort_keys=True)).encode()).hexdigest()[:16]
+    names = render_replica_names(pools)
+    stamp = upstreams + acc["http"] + acc["location"] + names + json.dumps(table, sort_keys=True)
+    table["generation"] = hashlib.sha256(stamp.encode()).hexdigest()[:16]
     return {
         "upstreams.conf": upstreams,
+        "access.conf": acc["http"],
+        "access-location.conf": acc["location"],
+        "replicas.conf": names,
         "routes.js": render_template(packaged_template("routes.js.j2"), routes=table),
     }
 

@@ -32,6 +32,8 @@ class ReplicaSpec:
     gpus: tuple[str, ...] = ()
     cpus: tuple[int, ...] = ()  # NUMA-local cores for the GPUs, empty = no pinning
     image: str | None = None
+    memory_limit: str | None = None  # docker runtime: the container's memory limit ("32g")
+    pids_limit: int | None = None
 
 
 @dataclass(frozen=True)

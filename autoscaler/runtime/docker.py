@@ -17,6 +17,7 @@ stops its fleet; killing it leaves the fleet serving for the next one to adopt.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 from typing import Any
@@ -25,6 +26,7 @@ from autoscaler.runtime.base import Replica, ReplicaSpec, Role, fill_argv
 
 L = "io.gpufleet."
 REPLICA_PORT = 8000
+REPLICA_USER = "65534:65534"  # nobody: a replica needs no account of its own
 
 
 def container_name(project: str, pool: str, rid: str, role: Role, target: Role) -> str:
@@ -139,15 +141,27 @@ class DockerRuntime:
             kwargs["device_requests"] = [DeviceRequest(device_ids=list(spec.gpus), capabilities=[["gpu"]])]
         if spec.cpus:
             kwargs["cpuset_cpus"] = ",".join(str(c) for c in spec.cpus)
+        if spec.memory_limit:
+            kwargs["mem_limit"] = spec.memory_limit
+        if spec.pids_limit:
+            kwargs["pids_limit"] = spec.pids_limit
         c = self.client.containers.create(
             spec.image or self.image,
             command=argv,
             name=container_name(self.project, spec.pool, rid, "starting", spec.target_role),
             labels=labels,
-            environment={**self.env, "GPUFLEET_REPLICA_ID": rid},
+            # HOME: nobody has none, and engines keep caches there (a read-only root otherwise)
+            environment={"HOME": "/tmp", **self.env, "GPUFLEET_REPLICA_ID": rid},
             network=self.network,
             detach=True,
             restart_policy={"Name": "no"},
+            # least privilege: nobody, no capabilities, nothing gained by exec'ing setuid binaries, a root
+            # file system it cannot change; /tmp (and /dev/shm, Docker's own) are where it may write
+            user=REPLICA_USER,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges:true"],
+            read_only=True,
+            tmpfs={"/tmp": "rw,nosuid,nodev,size=1g"},
             **kwargs,
         )
         c.start()
@@ -188,7 +202,14 @@ class DockerRuntime:
 
 
 class DockerNginx:
-    """nginx in its own container: validate by exec `nginx -t`, reload by SIGHUP."""
+    """nginx in its own container, reloaded by SIGHUP (the Docker API's kill, which the proxy allows).
+
+    The check is `nginx -t` in the autoscaler's own container, from the same Debian packages as the
+    gateway's, on the same files at the same path (the shared volume): exec into the gateway would need
+    the Docker API's exec, which is a shell in any container, so the proxy refuses it."""
+
+    CONF = "/etc/nginx/gpufleet/nginx.conf"
+    RUN_DIR = "/var/run/gpufleet-nginx"
 
     def __init__(self, client: Any, project: str, service: str = "gateway") -> None:
         self.client = client
@@ -203,10 +224,18 @@ class DockerNginx:
         return found[0]
 
     def validate(self) -> tuple[bool, str]:
-        """`nginx -t` in the gateway container. No gateway container (not started yet, restarting) raises:
-        the check could not run, which the Gateway retries, unlike a config nginx rejects."""
-        res = self._container().exec_run(["nginx", "-t", "-q", "-c", "/etc/nginx/gpufleet/nginx.conf"])
-        return res.exit_code == 0, res.output.decode(errors="replace")
+        """`nginx -t` on the rendered files. No nginx here (an image of another build) raises: the check
+        could not run, which the Gateway retries, unlike a config nginx rejects."""
+        import shutil
+        import subprocess
+
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        # -t writes the pid file and makes the temp dirs, as a start would: on the tmpfs compose gives
+        for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            os.makedirs(f"{self.RUN_DIR}/tmp/{d}", exist_ok=True)
+        r = subprocess.run([binary, "-t", "-q", "-e", "/dev/stderr", "-c", self.CONF],
+                           capture_output=True, text=True, timeout=30)
+        return r.returncode == 0, r.stderr + r.stdout
 
     def reload(self) -> None:
         self._container().kill(signal="SIGHUP")

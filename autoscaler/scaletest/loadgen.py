@@ -35,7 +35,7 @@ class Result:
     first_byte_at: float | None = None  # wall clock
     tokens: int = 0
     gaps: list[float] = field(default_factory=list)
-    upstream: str | None = None
+    replica: str | None = None  # the replica that served it (the gateway's X-Gpufleet-Replica)
     bytes: int = 0
     exc: Exception | None = field(default=None, repr=False)
     retries: int = 0  # connection closed before any response byte (nginx reload), retried like openai's client
@@ -76,7 +76,7 @@ async def _attempt(client: httpx.AsyncClient, url: str, model: str, a: Arrival, 
     try:
         async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
             res.status = r.status_code
-            res.upstream = r.headers.get("x-gpufleet-upstream")
+            res.replica = r.headers.get("x-gpufleet-replica") or None
             if r.status_code != 200:
                 res.error = (await r.aread()).decode(errors="replace")[:300]
                 return res
@@ -131,6 +131,7 @@ async def run_open_loop(
     max_in_flight: int = 512,
     timeout_s: float = 120.0,
     on_result: Callable[[Result], None] | None = None,
+    api_key: str | None = None,
 ) -> list[Result]:
     """Send every arrival on schedule; a request beyond max_in_flight is counted as failed (client-side
     overload), not delayed, so the schedule stays open-loop."""
@@ -138,7 +139,8 @@ async def run_open_loop(
     timeout = httpx.Timeout(timeout_s, connect=5.0)
     results: list[Result] = []
     in_flight = 0
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(limits=limits, timeout=timeout, headers=headers) as client:
         start = time.monotonic()
 
         async def fire(a: Arrival, i: int) -> None:

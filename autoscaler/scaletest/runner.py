@@ -34,6 +34,7 @@ class Run:
     url: str
     admin: str
     token: str | None = None
+    api_key: str | None = None  # the gateway's
     out: TextIO = sys.stdout
     timeline: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
@@ -43,9 +44,14 @@ class Run:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
 
-def preflight(url: str, admin: str, headers: dict[str, str]) -> tuple[list[str], dict[str, Any]]:
+def preflight(url: str, admin: str, headers: dict[str, str],
+              api_key: str | None = None) -> tuple[list[str], dict[str, Any]]:
     try:
-        models = httpx.get(f"{url}/v1/models", timeout=3).raise_for_status().json()
+        r = httpx.get(f"{url}/v1/models", timeout=3, headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+        if r.status_code == 401:
+            raise NoStack("the gateway wants an API key: --api-key KEY (or GPUFLEET_API_KEY); the local stack "
+                          "made one on first start in run/api-keys.default-key")
+        models = r.raise_for_status().json()
         status = httpx.get(f"{admin}/status", headers=headers, timeout=3).raise_for_status().json()
     except (httpx.HTTPError, ValueError) as e:
         raise NoStack(f"no gpufleet stack answering at {url} (gateway) and {admin} (admin API): "
@@ -94,7 +100,7 @@ async def _progress(run: Run, t0: float, sched: list[float], pool: str, stop: as
 
 
 async def execute(run: Run, base_dir: Path) -> dict[str, Any]:
-    models, status = preflight(run.url, run.admin, run.headers)
+    models, status = preflight(run.url, run.admin, run.headers, run.api_key)
     model = run.sc.model or models[0]
     pool = next((n for n, p in status["pools"].items() if p["model"] == model), None)
     if pool is None:
@@ -105,7 +111,7 @@ async def execute(run: Run, base_dir: Path) -> dict[str, Any]:
     poller = asyncio.create_task(_poll(run, stop))
     progress = asyncio.create_task(_progress(run, t0, [a.at for a in sched], pool, stop))
     results = await run_open_loop(run.url, model, sched, max_in_flight=run.sc.max_in_flight,
-                                  on_result=run.results.append)
+                                  on_result=run.results.append, api_key=run.api_key)
     t_end = time.time()
     await asyncio.sleep(1.0)  # one more poll after the last response
     stop.set()

@@ -1,6 +1,7 @@
 // gpufleet gateway: route OpenAI requests to a pool by the body's `model` field.
 // routes.js is rendered by the autoscaler next to this file and re-read on reload.
 import cfg from 'routes.js';
+import crypto from 'crypto';
 
 function own(obj, key) {
     // `model: "constructor"` must not find Object.prototype's members
@@ -12,13 +13,62 @@ function fail(r, status, message, type, param, code) {
     if (status === 503) {
         r.headersOut['Retry-After'] = '2';
     }
+    if (status === 429) {
+        r.headersOut['Retry-After'] = '1';
+    }
+    if (status === 401) {
+        r.headersOut['WWW-Authenticate'] = 'Bearer';
+    }
     if (status === 405) {
         r.headersOut['Allow'] = 'POST';
     }
     r.return(status, JSON.stringify({error: {message: message, type: type, param: param, code: code}}));
 }
 
+// The key a request presents, as its entry in the keys table (by SHA-256 of the bearer token), or undefined.
+function keyEntry(r) {
+    var h = r.headersIn['Authorization'];
+    if (!cfg.auth || typeof h !== 'string') {
+        return undefined;
+    }
+    var m = /^Bearer[ \t]+([!-~]+)[ \t]*$/i.exec(h);
+    if (!m) {
+        return undefined;
+    }
+    return own(cfg.keys || {}, crypto.createHash('sha256').update(m[1]).digest('hex'));
+}
+
+// js_set $gf_key: the key's name (for the per-key limits and the access log; never the key itself).
+function keyName(r) {
+    var k = keyEntry(r);
+    return k ? k.name : '';
+}
+
+// Auth on: the request's key entry, or a 401 sent (and null returned). Auth off: an entry allowing all.
+function authorize(r) {
+    if (!cfg.auth) {
+        return {name: '', tier: '', models: ['*']};
+    }
+    var k = keyEntry(r);
+    if (k) {
+        return k;
+    }
+    var given = r.headersIn['Authorization'] !== undefined;
+    fail(r, 401, given ? 'Incorrect API key provided.'
+                       : "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+         'invalid_request_error', null, given ? 'invalid_api_key' : 'missing_api_key');
+    return null;
+}
+
+function allows(k, model) {
+    return k.models.indexOf('*') >= 0 || k.models.indexOf(model) >= 0;
+}
+
 function route(r) {
+    var key = authorize(r);
+    if (key === null) {
+        return;
+    }
     if (r.method !== 'POST') {
         return fail(r, 405, 'Use POST for ' + r.uri + '.', 'invalid_request_error', null, 'method_not_allowed');
     }
@@ -41,9 +91,10 @@ function route(r) {
         return fail(r, 400, "'model' is required and must be a string.", 'invalid_request_error', 'model', null);
     }
     var pool = own(cfg.routes, model);
-    if (pool === undefined) {
-        return fail(r, 404, 'The model `' + model + '` does not exist.', 'invalid_request_error', 'model',
-                    'model_not_found');
+    if (pool === undefined || !allows(key, model)) {
+        // the same answer for a model this key may not use: it learns nothing of models it cannot reach
+        return fail(r, 404, 'The model `' + model + '` does not exist or you do not have access to it.',
+                    'invalid_request_error', 'model', 'model_not_found');
     }
     var chain = [pool].concat(own(cfg.fallback, pool) || []);
     for (var i = 0; i < chain.length; i++) {
@@ -60,11 +111,16 @@ function route(r) {
 }
 
 function models(r) {
-    var data = Object.keys(cfg.routes).map(function (m) {
+    // on every answer, 401 too: the autoscaler's reload probe carries no API key
+    r.headersOut['X-Gpufleet-Generation'] = cfg.generation || '';
+    var key = authorize(r);
+    if (key === null) {
+        return;
+    }
+    var data = Object.keys(cfg.routes).filter(function (m) { return allows(key, m); }).map(function (m) {
         return {id: m, object: 'model', created: 0, owned_by: 'gpufleet'};
     });
     r.headersOut['Content-Type'] = 'application/json';
-    r.headersOut['X-Gpufleet-Generation'] = cfg.generation || '';
     r.return(200, JSON.stringify({object: 'list', data: data}));
 }
 
@@ -78,6 +134,7 @@ var EDGE = {
     408: ['Request not received in time.', 'invalid_request_error', 'request_timeout'],
     413: ['Request body too large.', 'invalid_request_error', 'request_too_large'],
     414: ['Request URI too long.', 'invalid_request_error', 'uri_too_long'],
+    429: ['Rate limit reached for requests; retry after a second.', 'requests', 'rate_limit_exceeded'],
     494: ['Request headers too large.', 'invalid_request_error', 'headers_too_large'],
     502: ['The replica serving this request went away; retry.', 'server_error', 'upstream_failed'],
     503: ['No replica is serving; retry shortly.', 'service_unavailable', 'no_replica'],
@@ -90,4 +147,4 @@ function edgeError(r) {
     fail(r, status, e[0], e[1], null, e[2]);
 }
 
-export default {route, models, notFound, edgeError};
+export default {route, models, notFound, edgeError, keyName};

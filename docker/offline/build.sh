@@ -4,6 +4,7 @@
 #   gpufleet/app:latest       Python from Debian, dependencies from a host-built wheelhouse
 #   gpufleet/nginx:latest     Debian nginx + njs
 #   gpufleet/prometheus:latest Debian prometheus
+#   gpufleet/docker-proxy:latest Debian HAProxy (the Docker API allow-list)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0}
@@ -15,4 +16,5 @@ echo "wheelhouse (on the host: PyPI is not reachable from inside a build)"
 docker build -q -t gpufleet/app:latest -f docker/offline/app.Dockerfile .
 docker build -q -t gpufleet/nginx:latest -f docker/offline/nginx.Dockerfile .
 docker build -q -t gpufleet/prometheus:latest -f docker/offline/prometheus.Dockerfile .
+docker build -q -t gpufleet/docker-proxy:latest -f docker/offline/docker-proxy.Dockerfile .
 docker image ls --filter reference='gpufleet/*'

@@ -127,7 +127,7 @@ def monitor(stack: LocalStack, run: Run, stop: threading.Event, restarting: thre
                 run.gpu_conflicts.append(f"{time.time():.1f}: {g} held by {holders}")
         if not restarting.is_set() and stack.proc is not None and stack.proc.poll() is None:
             try:
-                st = httpx.get(f"{stack.admin}/status", timeout=2).json()
+                st = stack.admin_get("/status", timeout=2).json()
                 if st.get("last_tick_at") and not restarting.is_set():
                     run.stalls.append(time.time() - st["last_tick_at"])
             except httpx.HTTPError:

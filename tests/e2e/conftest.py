@@ -21,7 +21,8 @@ import yaml
 from tests.helpers import ROOT, free_port, wait_for
 
 PROJECT = "gpufleet-e2e"
-IMAGES = ("gpufleet/app:latest", "gpufleet/nginx:latest", "gpufleet/prometheus:latest")
+IMAGES = ("gpufleet/app:latest", "gpufleet/nginx:latest", "gpufleet/prometheus:latest",
+          "gpufleet/docker-proxy:latest")
 _SKIPPED: list[str] = []
 
 
@@ -83,6 +84,25 @@ class ComposeStack:
                     "GPUFLEET_FLEET_FILE": str(self.fleet)}
         self.url = f"http://127.0.0.1:{self.gw_port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
+        self.prom = f"http://127.0.0.1:{self.prom_port}"
+        self.api_key = ""
+        self.admin_token = ""
+
+    def read_secret(self, path: str) -> str:
+        """A file in the autoscaler's volumes, read as a user would: `docker compose exec autoscaler cat`."""
+        return self.compose("exec", "-T", "autoscaler", "cat", path).stdout.strip()
+
+    def read_credentials(self) -> None:
+        self.api_key = self.read_secret("/var/lib/gpufleet/api-keys.default-key")
+        self.admin_token = self.read_secret("/var/lib/gpufleet-admin/admin-token")
+
+    @property
+    def api_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
 
     def compose(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         cmd = ["docker", "compose", "-f", "compose/compose.yaml", "-f", "compose/compose.offline.yaml",
@@ -105,7 +125,7 @@ class ComposeStack:
         return self.containers(f"io.gpufleet.owner={PROJECT}")
 
     def status(self) -> dict:
-        return httpx.get(f"{self.admin}/status", timeout=5).raise_for_status().json()
+        return httpx.get(f"{self.admin}/status", headers=self.admin_headers, timeout=5).raise_for_status().json()
 
     def active(self) -> list[dict]:
         return [r for r in self.status()["pools"]["chat"]["replicas"] if r["role"] == "active" and r["ready"]]
@@ -137,8 +157,9 @@ def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeS
     try:
         wait_for(listening, 180, "the gateway listening", interval=0.05)
         t_listen = time.monotonic() - t0
+        stack.read_credentials()  # made before the gateway started (it waits for the autoscaler's health)
         # the very first request, sent the moment nginx listens: held by the activator, then served
-        first = httpx.post(f"{stack.url}/v1/chat/completions", timeout=120,
+        first = httpx.post(f"{stack.url}/v1/chat/completions", timeout=120, headers=stack.api_headers,
                            json={"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}],
                                  "max_tokens": 2})
         assert first.status_code == 200, f"the first request: {first.status_code} {first.text}"

@@ -19,7 +19,7 @@ CAPACITY = 4.0  # req/s of one replica: 4 slots, 20 tokens x 50 ms
 
 def _traffic(stack: ComposeStack, arrivals, out: list[Result]) -> threading.Thread:
     def go() -> None:
-        out.extend(asyncio.run(run_open_loop(stack.url, "tiny-chat", arrivals)))
+        out.extend(asyncio.run(run_open_loop(stack.url, "tiny-chat", arrivals, api_key=stack.api_key)))
 
     t = threading.Thread(target=go)
     t.start()
@@ -32,7 +32,8 @@ def _assert_no_failures(results: list[Result]) -> None:
 
 
 def test_openai_client_through_the_compose_gateway(compose_stack):
-    c = openai.OpenAI(base_url=f"{compose_stack.url}/v1", api_key="x", max_retries=0)
+    # the key the stack made on first start, read where a user would: `docker compose exec autoscaler cat ...`
+    c = openai.OpenAI(base_url=f"{compose_stack.url}/v1", api_key=compose_stack.api_key, max_retries=0)
     assert [m.id for m in c.models.list().data] == ["tiny-chat"]
     r = c.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
     assert r.usage.completion_tokens == 5
@@ -40,7 +41,7 @@ def test_openai_client_through_the_compose_gateway(compose_stack):
                                             max_tokens=5, stream=True, stream_options={"include_usage": True}))
     assert chunks[-1].usage.completion_tokens == 5
     # fleet.yaml's gateway settings reach nginx.conf in Docker too: a 2 MB body is read (not a 413)
-    big = httpx.post(f"{compose_stack.url}/v1/chat/completions", timeout=30,
+    big = httpx.post(f"{compose_stack.url}/v1/chat/completions", timeout=30, headers=compose_stack.api_headers,
                      json={"model": "tiny-chat", "messages": [{"role": "user", "content": "x" * 2_000_000}],
                            "max_tokens": 1})
     assert big.status_code != 413 and big.json()["error"]["code"] == "context_length_exceeded", big.text

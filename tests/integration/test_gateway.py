@@ -125,7 +125,7 @@ def test_broken_template_or_rejected_config_never_interrupts_serving(local_stack
         halt.set()
         t.join()
     assert not errors, f"serving was interrupted: {errors[:3]}"
-    metrics = httpx.get(f"{stack.admin}/metrics").text
+    metrics = stack.admin_get("/metrics").text
     assert "gpufleet_gateway_errors_total" in metrics
 
 

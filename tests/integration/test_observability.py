@@ -23,6 +23,8 @@ def test_promtool_accepts_rules_and_compose_config(tmp_path: Path):
     cfg = (ROOT / "prometheus" / "prometheus.yml").read_text().replace("/etc/prometheus/", f"{tmp_path}/")
     (tmp_path / "prometheus.yml").write_text(cfg)
     shutil.copy(ROOT / "prometheus" / "rules.yml", tmp_path / "rules.yml")
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "admin-token").write_text("t\n")
     r = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 

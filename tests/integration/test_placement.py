@@ -33,7 +33,8 @@ def test_replicas_get_disjoint_best_linked_gpus_and_free_them(local_stack):
     assert {d["id"]: d["held_by"] for d in gpus["devices"]} == {g: r["id"] for r in reps for g in r["gpus"]}
 
     # `gpufleet gpus` reads the live fleet
-    out = subprocess.run([sys.executable, "-m", "autoscaler.cli", "gpus", "--admin", stack.admin],
+    out = subprocess.run([sys.executable, "-m", "autoscaler.cli", "gpus", "--admin", stack.admin,
+                          "--token", stack.admin_token],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and all(r["id"] in out.stdout for r in reps), out.stderr
 

@@ -111,7 +111,7 @@ def test_a_hold_timeout_shorter_than_the_cold_start_is_an_openai_503_and_nothing
     except openai.InternalServerError as e:
         assert e.status_code == 503 and e.body["code"] == "hold_timeout"
     assert stack.pool()["held"] == 0
-    text = httpx.get(f"{stack.admin}/metrics").text
+    text = stack.admin_get("/metrics").text
     assert 'gpufleet_activator_timeouts_total{pool="chat"} 3.0' in text
 
 
@@ -147,7 +147,7 @@ def test_from_zero_a_sleeping_warm_replica_answers_after_its_wake_time_not_a_col
     assert active["id"] == sleeper["id"] and not active["sleeping"]
     kinds = [e["kind"] for e in stack.events() if e.get("replica") == sleeper["id"]]
     assert "sleep" in kinds and "wake" in kinds and "activate" in kinds
-    text = httpx.get(f"{stack.admin}/metrics").text
+    text = stack.admin_get("/metrics").text
     assert "gpufleet_replicas_sleeping" in text
 
 

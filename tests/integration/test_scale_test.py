@@ -11,7 +11,8 @@ from tests.helpers import ROOT, sim_pool
 
 def _scale_test(stack, *args: str, out) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "autoscaler.cli", "scale-test", *args, "--url", stack.url,
-                           "--admin", stack.admin, "--out", str(out)],
+                           "--admin", stack.admin, "--out", str(out),
+                           "--token", stack.admin_token],
                           capture_output=True, text=True, timeout=180, cwd=ROOT)
 
 

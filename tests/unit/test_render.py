@@ -25,7 +25,7 @@ def test_routes_table_maps_models_serving_and_fallbacks():
     table = json.loads(body)
     generation = table.pop("generation")
     assert table == {"routes": {"m1": "a", "m2": "b"}, "serving": {"a": True, "b": False},
-                     "fallback": {"a": ["b"]}, "activator": False}
+                     "fallback": {"a": ["b"]}, "activator": False, "auth": True, "keys": {}}
     assert files_generation(files) == generation
 
 

@@ -1,0 +1,161 @@
+"""The compose stack's defaults against a real Docker engine: the Docker API only through the proxy's
+allow-list, least privilege for every container, API keys and limits at the gateway, the admin token."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import subprocess
+import time
+
+import httpx
+
+from tests.e2e.conftest import PROJECT
+from tests.helpers import wait_for
+
+CHAT = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+# Run inside the autoscaler's container: what the Docker API proxy lets through, by status code.
+PROBE = r"""
+import json, httpx
+c = httpx.Client(base_url="http://docker-proxy:2375", timeout=10)
+me = c.get("/v1.41/containers/json").json()[0]["Id"]
+calls = {
+  "list": c.get("/v1.41/containers/json"),
+  "version": c.get("/version"),
+  "exec": c.post(f"/v1.41/containers/{me}/exec", json={"Cmd": ["id"]}),
+  "images": c.get("/v1.41/images/json"),
+  "pull": c.post("/v1.41/images/create?fromImage=alpine"),
+  "volumes": c.get("/v1.41/volumes"),
+  "events": c.get("/v1.41/events?until=1"),
+  "commit": c.post(f"/v1.41/commit?container={me}"),
+  "archive": c.get(f"/v1.41/containers/{me}/archive?path=/"),
+  "dotdot": c.get("/v1.41/containers/../images/json"),
+  "privileged": c.post("/v1.41/containers/create", json={"Image": "gpufleet/app:latest",
+      "Labels": {"io.gpufleet.owner": "x"}, "HostConfig": {"Privileged": True}}),
+  "host_root": c.post("/v1.41/containers/create", json={"Image": "gpufleet/app:latest",
+      "Labels": {"io.gpufleet.owner": "x"}, "HostConfig": {"Binds": ["/:/host"]}}),
+  "host_pid": c.post("/v1.41/containers/create", json={"Image": "gpufleet/app:latest",
+      "Labels": {"io.gpufleet.owner": "x"}, "HostConfig": {"PidMode": "host"}}),
+  "not_ours": c.post("/v1.41/containers/create", json={"Image": "gpufleet/app:latest"}),
+}
+print(json.dumps({k: r.status_code for k, r in calls.items()}))
+"""
+
+
+def _inside(stack, *cmd: str) -> str:
+    return stack.compose("exec", "-T", "autoscaler", *cmd, timeout=60).stdout
+
+
+def _post(stack, key: str | None, body: dict = CHAT) -> httpx.Response:
+    return httpx.post(f"{stack.url}/v1/chat/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {key}"} if key else {})
+
+
+def test_the_docker_api_outside_the_allow_list_is_403(compose_stack):
+    codes = json.loads(_inside(compose_stack, "python", "-c", PROBE).strip().splitlines()[-1])
+    assert codes["list"] == 200 and codes["version"] == 200, codes
+    refused = {k: v for k, v in codes.items() if k not in ("list", "version")}
+    assert set(refused.values()) == {403}, codes
+    # the autoscaler has no socket of its own: the proxy is its only way to the engine
+    r = compose_stack.compose("exec", "-T", "autoscaler", "test", "-e", "/var/run/docker.sock", check=False)
+    assert r.returncode != 0
+
+
+def _inspect_all(stack) -> list[dict]:
+    ids = subprocess.run(["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return json.loads(subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True,
+                                     check=True).stdout)
+
+
+def test_every_container_runs_with_least_privilege(compose_stack):
+    found = _inspect_all(compose_stack)
+    services = {c["Config"]["Labels"].get("com.docker.compose.service") for c in found}
+    assert {"docker-proxy", "gateway", "prometheus", "autoscaler"} <= services
+    assert any(s.startswith("replica-") for s in services), services
+    socket_holders = []
+    for c in found:
+        svc, hc = c["Config"]["Labels"]["com.docker.compose.service"], c["HostConfig"]
+        where = f"{svc} ({c['Name']})"
+        assert hc["CapDrop"] and "ALL" in hc["CapDrop"] and not hc["CapAdd"], where
+        assert any(o.startswith("no-new-privileges") for o in hc["SecurityOpt"] or []), where
+        assert hc["ReadonlyRootfs"] is True, where
+        assert hc["Memory"] > 0 and (hc["PidsLimit"] or 0) > 0, where
+        assert not hc["Privileged"], where
+        user = c["Config"]["User"]
+        if svc == "docker-proxy":
+            assert user in ("0:0", "0", "root"), "the proxy's root is the documented exception (SECURITY.md)"
+        else:
+            assert user and user.split(":")[0] not in ("0", "root"), f"{where} runs as {user!r}"
+        for m in c["Mounts"]:
+            if m.get("Source") == "/var/run/docker.sock" or m.get("Destination") == "/var/run/docker.sock":
+                socket_holders.append(svc)
+                assert m["RW"] is False, "the proxy mounts the socket read-only"
+    assert socket_holders == ["docker-proxy"]
+    # published ports: the gateway for clients; Prometheus and the admin API on this host only
+    ports = {c["Config"]["Labels"]["com.docker.compose.service"]: c["HostConfig"]["PortBindings"] or {}
+             for c in found}
+    assert {b["HostIp"] for b in ports["prometheus"]["9090/tcp"]} == {"127.0.0.1"}
+    assert {b["HostIp"] for b in ports["autoscaler"]["8181/tcp"]} == {"127.0.0.1"}
+    assert not any(ports[s] for s in services if s.startswith("replica-") or s == "docker-proxy")
+
+
+def test_replicas_are_reachable_from_the_stack_only(compose_stack):
+    rep = compose_stack.status()["pools"]["chat"]["replicas"][0]
+    probe = f"import httpx; print(httpx.get('{rep['url']}/health', timeout=3).status_code)"
+    assert _inside(compose_stack, "python", "-c", probe).strip() == "200"
+    # a container on the clients' side (the edge network) cannot reach it
+    r = subprocess.run(["docker", "run", "--rm", "--network", f"{PROJECT}_edge", "gpufleet/app:latest",
+                        "python", "-c", probe], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "200" not in r.stdout, r.stdout
+    # nor does a client learn its address from a response
+    ok = _post(compose_stack, compose_stack.api_key)
+    assert ok.status_code == 200 and ok.headers["x-gpufleet-replica"].startswith("r-chat-")
+    assert rep["upstream"].split(":")[0] not in str(ok.headers)
+
+
+def test_api_keys_401_429_and_models_at_the_docker_gateway(compose_stack):
+    stack = compose_stack
+    assert _post(stack, None).status_code == 401
+    wrong = _post(stack, "gf-not-a-key-000000000000")
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+
+    def new_key(*args: str) -> str:
+        out = _inside(stack, "gpufleet", "keys", "new", *args, "--file", "/var/lib/gpufleet/api-keys.yaml")
+        return out.strip().splitlines()[-1]
+
+    flood = new_key("flood", "--requests-per-s", "1", "--burst", "2")
+    narrow = new_key("narrow", "--models", "some-other-model")
+    for key in (flood, narrow):
+        wait_for(lambda k=key: _post(stack, k).status_code != 401, 20, "the new keys taken up by the gateway")
+    time.sleep(1.5)  # the flood key's bucket refills from the probe above
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        flooded = list(ex.map(lambda _: _post(stack, flood), range(12)))
+        served = list(ex.map(lambda _: _post(stack, stack.api_key), range(4)))
+    codes = [r.status_code for r in flooded]
+    assert codes.count(429) >= 8, codes
+    r429 = next(r for r in flooded if r.status_code == 429)
+    assert r429.headers["retry-after"] == "1" and r429.json()["error"]["code"] == "rate_limit_exceeded"
+    assert [r.status_code for r in served] == [200] * 4
+    denied = _post(stack, narrow)
+    assert denied.status_code == 404 and denied.json()["error"]["code"] == "model_not_found"
+    # no key in the gateway's log, only names
+    logs = stack.compose("logs", "--no-color", "gateway", "autoscaler", check=False).stdout
+    assert "key=flood" in logs and flood not in logs and narrow not in logs
+
+
+def test_admin_api_needs_its_token_and_prometheus_scrapes_with_it(compose_stack):
+    stack = compose_stack
+    assert httpx.get(f"{stack.admin}/status", timeout=5).status_code == 401
+    assert httpx.get(f"{stack.admin}/metrics", timeout=5).status_code == 401
+    assert httpx.get(f"{stack.admin}/status", headers=stack.admin_headers, timeout=5).status_code == 200
+
+    def scraped() -> bool:
+        res = httpx.get(f"{stack.prom}/api/v1/query", params={"query": 'up{job="gpufleet-autoscaler"}'},
+                        timeout=5).json()["data"]["result"]
+        return bool(res) and res[0]["value"][1] == "1"
+
+    wait_for(scraped, 60, "Prometheus scraping the autoscaler with the token", interval=1)
+    # the lifecycle API is off: nobody who reaches Prometheus can stop it
+    assert httpx.post(f"{stack.prom}/-/quit", timeout=5).status_code == 403
