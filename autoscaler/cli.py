@@ -33,6 +33,10 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+ADMIN_TOKEN_FILE = Path("run/admin-token")  # the local stack's, in its default run dir
+API_KEY_FILE = Path("run/api-keys.default-key")
+
+
 def _secret_default(env: str, path: Path) -> str | None:
     """A client's credential: the environment, else the file the local stack made in ./run."""
     if os.environ.get(env):
@@ -108,7 +112,9 @@ def _gpus(args: argparse.Namespace) -> int:
             return 2
     else:
         url = args.admin.rstrip("/") + "/gpus"
-        headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+        from autoscaler.scaletest.loadgen import bearer
+
+        headers = bearer(args.token or _secret_default("GPUFLEET_ADMIN_TOKEN", ADMIN_TOKEN_FILE))
         try:
             data = httpx.get(url, headers=headers, timeout=5).raise_for_status().json()
         except httpx.HTTPError as e:
@@ -158,7 +164,10 @@ def _scale_test(args: argparse.Namespace) -> int:
     sc, base = load_scenario(args.scenario)
     if args.duration is not None:
         sc = sc.model_copy(update={"duration_s": args.duration})
-    run = Run(sc, args.url.rstrip("/"), args.admin.rstrip("/"), args.token, api_key=args.api_key)
+    # read only here, not for every command: the environment, else the files the local stack made
+    token = args.token or _secret_default("GPUFLEET_ADMIN_TOKEN", ADMIN_TOKEN_FILE)
+    key = args.api_key or _secret_default("GPUFLEET_API_KEY", API_KEY_FILE)
+    run = Run(sc, args.url.rstrip("/"), args.admin.rstrip("/"), token, api_key=key)
     try:
         summary = asyncio.run(execute(run, base))
     except NoStack as e:
@@ -242,7 +251,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gpufleet", description="Elastic LLM serving on one GPU host.")
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    admin_token = _secret_default("GPUFLEET_ADMIN_TOKEN", Path("run/admin-token"))
 
     up = sub.add_parser("up", help="start the stack in the foreground")
     up.add_argument("--local", action="store_true", help="replicas, nginx and Prometheus as host processes")
@@ -272,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     gp = sub.add_parser("gpus", help="GPU topology, NUMA affinity and holders; --place K for a what-if")
     gp.add_argument("--topology", type=Path, help="a file with the output of `nvidia-smi topo -m`")
     gp.add_argument("--admin", default="http://127.0.0.1:8181", help="the live autoscaler's admin API")
-    gp.add_argument("--token", default=admin_token, help="admin token (default: $GPUFLEET_ADMIN_TOKEN, else "
+    gp.add_argument("--token", default=None, help="admin token (default: $GPUFLEET_ADMIN_TOKEN, else "
                     "run/admin-token, which the local stack makes)")
     gp.add_argument("--place", type=int, metavar="K", help="which GPUs a K-GPU replica would get")
     gp.add_argument("--model", default=None, help="GPU model the replica needs (substring, e.g. H100)")
@@ -284,9 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("scenario", nargs="?", default="default", help="a scenario YAML file or a shipped name")
     st.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
     st.add_argument("--admin", default="http://127.0.0.1:8181", help="the autoscaler's admin API")
-    st.add_argument("--token", default=admin_token, help="admin token (default: $GPUFLEET_ADMIN_TOKEN, else "
+    st.add_argument("--token", default=None, help="admin token (default: $GPUFLEET_ADMIN_TOKEN, else "
                     "run/admin-token, which the local stack makes)")
-    st.add_argument("--api-key", default=_secret_default("GPUFLEET_API_KEY", Path("run/api-keys.default-key")),
+    st.add_argument("--api-key", default=None,
                     help="the gateway's API key (default: $GPUFLEET_API_KEY, else run/api-keys.default-key)")
     st.add_argument("--out", type=Path, default=None, help="report folder (default reports/<scenario>-<time>)")
     st.add_argument("--duration", type=float, default=None, help="override the scenario's duration (s)")

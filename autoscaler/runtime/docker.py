@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
 import time
 import uuid
 from typing import Any
@@ -226,9 +228,6 @@ class DockerNginx:
     def validate(self) -> tuple[bool, str]:
         """`nginx -t` on the rendered files. No nginx here (an image of another build) raises: the check
         could not run, which the Gateway retries, unlike a config nginx rejects."""
-        import shutil
-        import subprocess
-
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         # -t writes the pid file and makes the temp dirs, as a start would: on the tmpfs compose gives
         for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):

@@ -48,6 +48,11 @@ class Result:
         return d
 
 
+def bearer(secret: str | None) -> dict[str, str]:
+    """The Authorization header for an API key or admin token; none without one."""
+    return {"Authorization": f"Bearer {secret}"} if secret else {}
+
+
 def _prompt(n_tokens: int, i: int) -> str:
     # ~4 characters a token, the replica's own estimate
     return (f"request {i}: " + "lorem ipsum dolor sit amet " * (n_tokens // 6 + 1))[: max(4, n_tokens * 4)]
@@ -139,8 +144,7 @@ async def run_open_loop(
     timeout = httpx.Timeout(timeout_s, connect=5.0)
     results: list[Result] = []
     in_flight = 0
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    async with httpx.AsyncClient(limits=limits, timeout=timeout, headers=headers) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=timeout, headers=bearer(api_key)) as client:
         start = time.monotonic()
 
         async def fire(a: Arrival, i: int) -> None:

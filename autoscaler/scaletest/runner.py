@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import httpx
 from pydantic import ValidationError
 
-from autoscaler.scaletest.loadgen import Result, run_open_loop
+from autoscaler.scaletest.loadgen import Result, bearer, run_open_loop
 from autoscaler.scaletest.report import format_summary, plot_timeline, role_counts, summarize
 from autoscaler.scaletest.scenario import Scenario, Trace, arrivals
 from autoscaler.status import FleetStatus
@@ -41,13 +41,13 @@ class Run:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return bearer(self.token)
 
 
 def preflight(url: str, admin: str, headers: dict[str, str],
               api_key: str | None = None) -> tuple[list[str], dict[str, Any]]:
     try:
-        r = httpx.get(f"{url}/v1/models", timeout=3, headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+        r = httpx.get(f"{url}/v1/models", timeout=3, headers=bearer(api_key))
         if r.status_code == 401:
             raise NoStack("the gateway wants an API key: --api-key KEY (or GPUFLEET_API_KEY); the local stack "
                           "made one on first start in run/api-keys.default-key")
