@@ -75,6 +75,19 @@ class FleetCollector(Collector):
         for p in c.cfg.pools:
             backoff.add_metric([p.name], max(c.states[p.name].backoff_until - c.clock(), 0.0))
         yield backoff
+        unmet = GaugeMetricFamily("gpufleet_pool_unmet_replicas", "Active replicas the pool wants and has no "
+                                  "GPUs for (even by reclaim from lower-priority pools)", labels=["pool"])
+        saturated = GaugeMetricFamily("gpufleet_pool_saturated", "1 while the pool's new requests overflow to "
+                                      "its fallbacks", labels=["pool"])
+        claims = GaugeMetricFamily("gpufleet_pool_claims", "Replicas of other pools giving up GPUs for this one",
+                                   labels=["pool", "kind"])
+        for p in c.cfg.pools:
+            st = c.states[p.name]
+            unmet.add_metric([p.name], st.unmet)
+            saturated.add_metric([p.name], 1.0 if st.saturation.saturated else 0.0)
+            for kind in ("reclaim", "move"):
+                claims.add_metric([p.name, kind], sum(1 for x in st.claims.values() if x.kind == kind))
+        yield from (unmet, saturated, claims)
         sleeping = GaugeMetricFamily("gpufleet_replicas_sleeping", "Warm replicas in sleep mode", labels=["pool"])
         for p in c.cfg.pools:
             sleeping.add_metric([p.name], sum(1 for r in c.replicas if r.pool == p.name and r.role == "warm"

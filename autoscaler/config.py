@@ -116,6 +116,35 @@ class ReplicaLimits(_Strict):
     pids: int = Field(default=2048, ge=16, le=1_000_000)
 
 
+class FallbackTarget(_Strict):
+    """Where a pool's requests go when it has no serving replica or is saturated; `max_tokens` caps
+    the answer there (degradation: a smaller model, shorter answers)."""
+
+    pool: str
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
+class Saturation(_Strict):
+    """When a pool counts as saturated, so that new requests overflow to its fallback chain: waiting
+    requests per serving replica at or above `waiting_per_replica`. It stops overflowing once that has
+    fallen below `clear_below` (default: half of it) and at least `hold_s` have passed."""
+
+    waiting_per_replica: float = Field(gt=0)
+    clear_below: float | None = Field(default=None, ge=0)
+    hold_s: float = Field(default=5.0, ge=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> Saturation:
+        if self.clear_below is not None and self.clear_below > self.waiting_per_replica:
+            raise ValueError(f"clear_below ({self.clear_below}) must be <= waiting_per_replica "
+                             f"({self.waiting_per_replica})")
+        return self
+
+    @property
+    def clear(self) -> float:
+        return self.waiting_per_replica / 2 if self.clear_below is None else self.clear_below
+
+
 class PoolConfig(_Strict):
     name: str
     model: str = Field(min_length=1, max_length=256)
@@ -142,8 +171,33 @@ class PoolConfig(_Strict):
     # a replica that fails to start or exits on its own delays the pool's next cold start, doubling
     start_backoff_s: float = Field(default=2.0, gt=0)
     start_backoff_max_s: float = Field(default=120.0, gt=0)
-    fallback: tuple[str, ...] = ()
-    priority: int = 0
+    aliases: tuple[str, ...] = ()  # other `model` names routed to this pool (rewritten to `model`)
+    # tried in order when the pool has no serving replica, or is saturated (see `saturation`)
+    fallback: tuple[FallbackTarget, ...] = ()
+    saturation: Saturation | None = None  # unset: overflow only when no replica serves
+    # when GPUs run out, a pool may take them from pools of lower priority: sleeping and warm replicas
+    # first, then active ones above that pool's min_replicas (by drain). min_replicas is guaranteed.
+    priority: int = Field(default=0, ge=-1000, le=1000)
+
+    @field_validator("fallback", mode="before")
+    @classmethod
+    def _fallback_short(cls, v: Any) -> Any:
+        # `fallback: [small]` is short for `fallback: [{pool: small}]`
+        if isinstance(v, list | tuple):
+            return [{"pool": x} if isinstance(x, str) else x for x in v]
+        return v
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for a in v:
+            if not a or not a.isprintable() or a != a.strip() or len(a) > 256:
+                raise ValueError(f"alias {a!r}: printable text of 1-256 characters, no leading/trailing spaces")
+        return v
+
+    @property
+    def fallback_pools(self) -> tuple[str, ...]:
+        return tuple(f.pool for f in self.fallback)
 
     @field_validator("name")
     @classmethod
@@ -253,6 +307,50 @@ class GpuConfig(_Strict):
         return self
 
 
+_HEADER = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+
+
+class RuleMatch(_Strict):
+    """What a request must have for a rule to apply; every condition given must hold."""
+
+    models: tuple[str, ...] = ()  # the request's `model` (a pool's model or alias); empty: any
+    tiers: tuple[str, ...] = ()  # the API key's tier; empty: any
+    headers: dict[str, str] = Field(default_factory=dict)  # header name → exact value
+    # the prompt's length in tokens, estimated from the body (4 characters a token)
+    prompt_tokens_over: int | None = Field(default=None, ge=0)
+    prompt_tokens_under: int | None = Field(default=None, ge=1)
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, val in v.items():
+            if not _HEADER.fullmatch(k):
+                raise ValueError(f"header {k!r}: letters, digits and '-' only")
+            if not val.isprintable():
+                raise ValueError(f"header {k!r}: the value must be printable text")
+        return {k.lower(): val for k, val in v.items()}
+
+    @model_validator(mode="after")
+    def _something(self) -> RuleMatch:
+        if not (self.models or self.tiers or self.headers or self.prompt_tokens_over is not None
+                or self.prompt_tokens_under is not None):
+            raise ValueError("a rule matches on at least one of models, tiers, headers, "
+                             "prompt_tokens_over, prompt_tokens_under")
+        return self
+
+
+class RouteRule(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    match: RuleMatch
+    pool: str
+
+
+class RoutingConfig(_Strict):
+    """Rules tried in order before the `model` field decides; the first that matches picks the pool."""
+
+    rules: tuple[RouteRule, ...] = ()
+
+
 class FleetConfig(_Strict):
     tick_s: float = Field(default=1.0, gt=0, le=60)
     scrape_timeout_s: float = Field(default=0.5, gt=0)
@@ -262,6 +360,7 @@ class FleetConfig(_Strict):
     activator: ActivatorConfig = ActivatorConfig()
     prometheus: PrometheusConfig = PrometheusConfig()
     gpus: GpuConfig = GpuConfig()
+    routing: RoutingConfig = RoutingConfig()
     pools: tuple[PoolConfig, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -272,10 +371,27 @@ class FleetConfig(_Strict):
             dup = {x for x in seq if seq.count(x) > 1}
             if dup:
                 raise ValueError(f"pool {what}s must be unique; repeated: {', '.join(sorted(dup))}")
+        served: dict[str, str] = {p.model: p.name for p in self.pools}
         for p in self.pools:
-            for f in p.fallback:
+            for f in p.fallback_pools:
                 if f not in names or f == p.name:
                     raise ValueError(f"pool {p.name!r}: fallback {f!r} is not another pool")
+            if p.saturation is not None and not p.fallback:
+                raise ValueError(f"pool {p.name!r}: saturation needs a fallback to overflow to")
+            for a in p.aliases:
+                if a in served:
+                    raise ValueError(f"pool {p.name!r}: alias {a!r} is already the model or an alias of "
+                                     f"pool {served[a]!r}")
+                served[a] = p.name
+        for i, rule in enumerate(self.routing.rules):
+            if rule.pool not in names:
+                raise ValueError(f"routing.rules[{i}] ({rule.name}): pool {rule.pool!r} is not a pool")
+            for m in rule.match.models:
+                if m not in served:
+                    raise ValueError(f"routing.rules[{i}] ({rule.name}): model {m!r} is no pool's model or alias")
+        rule_names = [r.name for r in self.routing.rules]
+        if len(set(rule_names)) != len(rule_names):
+            raise ValueError("routing.rules: rule names must be unique")
         return self
 
     def pool(self, name: str) -> PoolConfig:

@@ -39,6 +39,7 @@ from autoscaler.reconcile import (
 from autoscaler.runtime.base import Replica, Runtime
 from autoscaler.signals import ReplicaSample, parse_metrics
 from autoscaler.status import (
+    ClaimStatus,
     EventStatus,
     FleetStatus,
     GatewayStatus,
@@ -313,6 +314,9 @@ class Controller:
         by_upstream = {r.upstream: r.id for r in self.replicas}
         route_ids = frozenset(by_upstream[s] for p in routes for s in p.servers if s in by_upstream)
         await self.gateway.update(routes, tag=route_ids)
+        # which pools overflow to their fallbacks: a file njs reads, rewritten every tick (its age tells
+        # the gateway the autoscaler is alive); a thread, as every gateway call
+        await asyncio.to_thread(self.gateway.publish_state, out.saturated, self.clock())
         if starts:
             await asyncio.gather(*(self._create(a) for a in starts))
         if out.actions:
@@ -408,6 +412,11 @@ class Controller:
                 backoff_reason=st.backoff_reason if st.backoff_until > self.clock() else None,
                 error=st.error,
                 held=self.activator.held.get(p.name, 0) if self.activator is not None else 0,
+                priority=p.priority,
+                unmet=st.unmet,
+                saturated=st.saturation.saturated,
+                claims=[ClaimStatus(replica=c.victim, from_pool=c.from_pool, kind=c.kind, gpus=list(c.gpus),
+                                    since=c.since) for c in st.claims.values()],
                 signals=None if sig is None else SignalsStatus(
                     ready=sig.ready, running=sig.running, waiting=sig.waiting,
                     kv_cache_usage=round(sig.kv_usage, 4), ttft_p95_s=sig.ttft_p95_s,

@@ -26,6 +26,7 @@ from autoscaler.controller import Controller
 from autoscaler.credentials import admin_token, keys_source
 from autoscaler.gateway.nginx import Gateway, docker_nginx_conf
 from autoscaler.gateway.render import initial_routes
+from autoscaler.gateway.routing import routing_table
 from autoscaler.gpus.placement import make_placer
 from autoscaler.prom_sd import TargetsWriter
 from autoscaler.runtime.docker import DockerNginx, DockerRuntime
@@ -88,7 +89,7 @@ async def run_docker(cfg: FleetConfig) -> None:
                       main_conf=lambda: docker_nginx_conf(client_max_body_size=g.client_max_body_size,
                                                           worker_shutdown_timeout=g.worker_shutdown_timeout_s,
                                                           activator=act.enabled),
-                      activator=act.enabled, keys=keys)
+                      activator=act.enabled, keys=keys, routing=routing_table(cfg))
     # Every pool's model, none serving: the gateway, even restarted before the first reload, sends their
     # requests to the activator (which forwards to replicas it is told of), never a 404. Overwriting what
     # an adopted nginx runs on is safe: the files count only at its next reload, which is the first update.

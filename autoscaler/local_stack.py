@@ -26,6 +26,7 @@ from autoscaler.controller import Controller
 from autoscaler.credentials import admin_token, keys_source
 from autoscaler.gateway.nginx import Gateway, LocalNginx, atomic_write
 from autoscaler.gateway.render import initial_routes, packaged_template, render_template
+from autoscaler.gateway.routing import routing_table
 from autoscaler.gpus.placement import make_placer
 from autoscaler.prom_sd import TargetsWriter
 from autoscaler.runtime.local import LocalRuntime
@@ -114,7 +115,7 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
     nginx.render_main()
     adopted = nginx.adopt()
     gateway = Gateway(nginx.conf_dir, cfg.gateway, nginx.validate, nginx.reload, nginx.probe,
-                      activator=act.enabled, keys=keys)
+                      activator=act.enabled, keys=keys, routing=routing_table(cfg))
     # adopted: nginx serves the fleet the files describe; the first update reloads it with today's
     gateway.write_initial(keep_existing=adopted, routes=initial_routes(cfg))
     prom = LocalPrometheus(run_dir, cfg, token_file) if cfg.prometheus.enabled else None

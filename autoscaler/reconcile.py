@@ -18,10 +18,14 @@ What a tick decides, in order (each rule is one block below):
 3. finish drains: a draining replica is empty (or timed out) counting only from
    when nginx stopped routing to it; then it is demoted to warm if the pool
    wants one, else stopped;
-4. per pool: the signals of its routed replicas → the policy → the planner's
-   actions (activate warm first, retarget loading replicas, cold-start the
-   rest, drain the surplus, trim the warm pool), with GPUs placed for each
-   start by the topology-aware allocator;
+4. per pool, highest priority first: the signals of its routed replicas → the
+   policy → the planner's actions (activate warm first, retarget loading
+   replicas, cold-start the rest, drain the surplus, trim the warm pool), with
+   GPUs placed for each start by the topology-aware allocator; a start that
+   finds no GPU asks the arbiter (autoscaler.arbiter) for other pools'
+   replicas: claimed GPUs are reserved for the pool that claimed them, and a
+   claimed replica is stopped, not kept warm, once drained; whether the pool
+   is saturated (its requests overflow to its fallbacks at the gateway);
 5. routes: which replicas nginx should route to, newest-activated first.
 
 An exception in one pool's step is an event on that pool (its state and
@@ -38,8 +42,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from autoscaler.arbiter import Candidate, Claim, PoolShare, find_move, find_reclaim
 from autoscaler.config import FleetConfig, PoolConfig
 from autoscaler.gateway.render import PoolRoute
+from autoscaler.gateway.routing import SaturationState, next_saturation
 from autoscaler.gpus.placement import choose_gpus
 from autoscaler.gpus.slots import Placement
 from autoscaler.gpus.topology import LinkKind, Topology
@@ -49,6 +55,7 @@ from autoscaler.runtime.base import ReplicaSpec, Role
 from autoscaler.signals import PoolSignals, ReplicaSample, pool_signals
 
 HISTORY_S = 120.0  # pool signal history kept for the policy (≥ its longest metric window)
+CLAIM_MAX_S = 900.0  # a claim on another pool's GPUs not satisfied by then is dropped (and may be made again)
 
 # decide(pool, signals, view, state, now) -> Decision: gpufleet's policy, or a baseline's.
 Policy = Callable[[PoolConfig, Sequence[PoolSignals], PoolView, Any, float], Decision]
@@ -116,6 +123,11 @@ class PoolState:
     backoff_until: float = 0.0
     backoff_reason: str | None = None
     error: str | None = None  # the last exception in this pool's step, until a step succeeds
+    saturation: SaturationState = SaturationState()  # overflowing to its fallbacks at the gateway
+    # GPUs promised to this pool by other pools' replicas (victim id → claim); rebuilt as needed after a
+    # restart: a victim then finishes its drain as an ordinary one, and the pool claims again
+    claims: Mapping[str, Claim] = field(default_factory=dict)
+    unmet: int = 0  # active replicas the pool wants and has no GPUs for this tick
 
 
 def note_crash(p: PoolConfig, st: PoolState, now: float, why: str) -> PoolState:
@@ -160,6 +172,11 @@ class Reconciled:
     route_ids: frozenset[str]  # the replicas those routes name
     events: tuple[Event, ...] = ()
 
+    @property
+    def saturated(self) -> dict[str, bool]:
+        """Pool → overflowing to its fallbacks (what the gateway's state file says)."""
+        return {name: st.saturation.saturated for name, st in self.states.items()}
+
 
 def replica_argv(pool: PoolConfig) -> tuple[str, ...]:
     if pool.engine == "command":
@@ -177,11 +194,20 @@ def replica_argv(pool: PoolConfig) -> tuple[str, ...]:
     return tuple(argv)
 
 
-def place_replica(gpus: GpuView, p: PoolConfig, used: set[str]) -> Placement | None:
-    """GPUs (and NUMA-local cores) for one more replica of pool p, none of them used or cordoned."""
+def place_replica(gpus: GpuView, p: PoolConfig, used: set[str],
+                  future: Sequence[int] | None = None) -> Placement | None:
+    """GPUs (and NUMA-local cores) for one more replica of pool p, none of them used or cordoned.
+    future: the multi-GPU sizes the fleet's pools ask for, kept placeable (fleet_sizes)."""
     return choose_gpus(gpus.topo, used | gpus.cordoned, p.gpus_per_replica, model=p.gpu_model,
                        min_memory_mb=p.gpu_min_memory_mb,
-                       min_link=LinkKind[p.gpu_min_link] if p.gpu_min_link else None, host_cpus=gpus.host_cpus)
+                       min_link=LinkKind[p.gpu_min_link] if p.gpu_min_link else None, host_cpus=gpus.host_cpus,
+                       future=future)
+
+
+def fleet_sizes(cfg: FleetConfig) -> tuple[int, ...]:
+    """The multi-GPU replica sizes the fleet's pools ask for, smallest first: what packing keeps placeable,
+    across pools (a 1-GPU replica of one pool leaves the NVLink pair another pool's 2-GPU replica needs)."""
+    return tuple(sorted({p.gpus_per_replica for p in cfg.pools if p.gpus_per_replica > 1}))
 
 
 def _view(r: ReplicaObs) -> ReplicaView:
@@ -248,8 +274,16 @@ def reconcile(
                                detail={"load_s": round(now - r.created_at, 3)}))
             change(r, r.target_role)
 
+    # Claims on GPUs are fleet-wide: victim id → (the pool it gives its GPUs to, the claim).
+    claims: dict[str, tuple[str, Claim]] = {}
+    for p in cfg.pools:
+        for vid, c in work[p.name].claims.items():
+            if now - c.since < CLAIM_MAX_S:
+                claims[vid] = (p.name, c)
+
     # 3. Drains that are done: demote to warm if the pool wants one, else stop. A drain counts from the
-    # moment nginx no longer routes to the replica: until then, empty is not drained.
+    # moment nginx no longer routes to the replica: until then, empty is not drained. A replica whose GPUs
+    # another pool claimed is stopped.
     settle = max(1.0, cfg.tick_s)
     for p in cfg.pools:
         st = work[p.name]
@@ -265,7 +299,9 @@ def reconcile(
             if why is None:
                 continue
             del unrouted[r.id]
-            if warm_now < want_warm and r.ready and r.config_hash == p.config_hash():
+            if r.id in claims:
+                stop(r, f"{why}; its GPUs go to pool {claims[r.id][0]}")
+            elif warm_now < want_warm and r.ready and r.config_hash == p.config_hash():
                 acts.append(Action("demote", p.name, r.id, role="warm", reason=why))
                 change(r, "warm")
                 warm_now += 1
@@ -273,25 +309,25 @@ def reconcile(
                 stop(r, why)
         work[p.name] = replace(st, unrouted_since=unrouted)
 
-    # 4. The policy and the plan, pool by pool; GPUs held by anything observed stay held.
-    used = {g for r in snap.replicas for g in r.gpus}
+    # 4. The policy and the plan, pool by pool, highest priority first (it places first); GPUs held by
+    # anything observed stay held.
+    tick = _Tick(cfg, snap, now, live, work, claims, {g for r in snap.replicas for g in r.gpus}, fleet_sizes(cfg))
     new_states = dict(states)
-    for p in cfg.pools:
+    for p in sorted(cfg.pools, key=lambda p: -p.priority):
         try:
-            st, pool_acts, pool_events = _pool_step(cfg, p, live, work[p.name], snap, set(used), now,
-                                                    policy, initial_state)
+            st, pool_acts, pool_events = _pool_step(tick, p, work[p.name], policy, initial_state)
         except Exception as e:  # a bug or garbage in one pool must not stop the others
             why = f"{type(e).__name__}: {e}"
             new_states[p.name] = replace(work[p.name], error=why)
             if why != work[p.name].error:
                 events.append(Event("pool_error", p.name, {"reason": why}))
             continue
-        new_states[p.name] = st
+        new_states[p.name] = tick.states[p.name] = st
         events += pool_events
         for a in pool_acts:
             acts.append(a)
             if a.spec is not None:
-                used.update(a.spec.gpus)
+                tick.used.update(a.spec.gpus)
             r = live.get(a.replica or "")
             if r is None:
                 continue
@@ -303,6 +339,11 @@ def reconcile(
                 live[r.id] = replace(r, target_role=a.target or r.target_role, role_since=now)
             elif a.kind == "stop":
                 del live[r.id]
+    # claims go back to the pools that hold them
+    for p in cfg.pools:
+        mine = {vid: c for vid, (owner, c) in tick.claims.items() if owner == p.name}
+        if mine != dict(new_states.get(p.name, work[p.name]).claims):
+            new_states[p.name] = replace(new_states.get(p.name, work[p.name]), claims=mine)
 
     # 5. Routes: active, alive and answering; newest-activated first, because right after a reload
     # every nginx worker breaks least_conn ties in list order, and the new replica has nothing to do.
@@ -312,15 +353,61 @@ def reconcile(
         routed = sorted((r for r in live.values() if r.pool == p.name and r.role == "active" and r.ready),
                         key=lambda r: (-r.role_since, r.upstream))
         ids.update(r.id for r in routed)
-        routes.append(PoolRoute(p.name, p.model, tuple(r.upstream for r in routed), p.fallback,
+        routes.append(PoolRoute(p.name, p.model, tuple(r.upstream for r in routed), p.fallback_pools,
                                  tuple(r.id for r in routed)))
     return Reconciled(tuple(acts), new_states, tuple(routes), frozenset(ids), tuple(events))
 
 
+@dataclass
+class _Tick:
+    """What the pool steps of one tick share: the fleet as it is being changed."""
+
+    cfg: FleetConfig
+    snap: Snapshot
+    now: float
+    live: dict[str, ReplicaObs]
+    states: dict[str, PoolState]  # this tick's, for pools already stepped
+    claims: dict[str, tuple[str, Claim]]
+    used: set[str]
+    future: tuple[int, ...]
+    taken: dict[str, int] = field(default_factory=dict)  # active replicas promised away this tick, per pool
+
+    def blocked(self, pool: str) -> set[str]:
+        """GPUs pool may not place on: held, or claimed by another pool."""
+        out = set(self.used)
+        for owner, c in self.claims.values():
+            if owner != pool:
+                out.update(c.gpus)
+        return out
+
+    def place(self, p: PoolConfig, blocked: set[str]) -> Placement | None:
+        return place_replica(self.snap.gpus, p, blocked, self.future)
+
+    def shares(self, p: PoolConfig, d: Decision, given: int) -> dict[str, PoolShare]:
+        out = {}
+        for q in self.cfg.pools:
+            rs = [r for r in self.live.values() if r.pool == q.name]
+            have = sum(1 for r in rs if r.role == "active" or (r.role == "starting" and r.target_role == "active"))
+            if q.name == p.name:
+                out[q.name] = PoolShare(have, d.desired_active, q.min_replicas, q.priority)
+                continue
+            st = self.states.get(q.name)
+            desired = st.decision.desired_active if st and st.decision else q.min_replicas
+            out[q.name] = PoolShare(have, desired, q.min_replicas, q.priority)
+        return out
+
+    def candidates(self) -> list[Candidate]:
+        return [Candidate(r.id, r.pool, r.role, r.gpus, r.load, r.created_at, r.sleeping)
+                for r in self.live.values()
+                if r.id not in self.claims and r.gpus and (
+                    r.role == "warm" or (r.role == "starting" and r.target_role == "warm")
+                    or (r.role == "active" and r.ready))]
+
+
 def _pool_step(
-    cfg: FleetConfig, p: PoolConfig, live: Mapping[str, ReplicaObs], st: PoolState, snap: Snapshot,
-    used: set[str], now: float, policy: Policy, initial_state: Callable[[PoolConfig, int], Any] | None,
+    tick: _Tick, p: PoolConfig, st: PoolState, policy: Policy, initial_state: Callable[[PoolConfig, int], Any] | None,
 ) -> tuple[PoolState, list[Action], list[Event]]:
+    snap, now, live = tick.snap, tick.now, tick.live
     mine = [r for r in live.values() if r.pool == p.name]
     routed = [r for r in mine if r.role == "active" and r.ready]
     sig = pool_signals(now, [r.samples for r in routed], p.behavior.metric_window_s, snap.held.get(p.name, 0))
@@ -344,12 +431,26 @@ def _pool_step(
         events.append(Event("decision", p.name, {
             "desired_active": d.desired_active, "desired_warm": d.desired_warm, "panic": d.panic,
             "reason": d.reason, "active": view.active, "warm": view.warm}))
+    sat = next_saturation(p.saturation, sig, st.saturation, now)
+    if sat.saturated != st.saturation.saturated:
+        events.append(Event("overflow" if sat.saturated else "overflow_end", p.name, {
+            "waiting_per_replica": round(sat.value or 0.0, 3), "to": list(p.fallback_pools)}))
 
+    # A replica another pool's claim moves elsewhere is not this pool's to plan with until it drains: the
+    # plan starts (or activates) its replacement; it serves meanwhile.
+    moving = [r for r in mine if r.role == "active" and (c := tick.claims.get(r.id)) and c[1].kind == "move"]
+    planned = [r for r in mine if r not in moving]
     acts: list[Action] = []
     no_capacity = None
     backoff = st.backoff_until > now
     activating: set[str] = set()
-    for a in plan(d.desired_active, d.desired_warm, [_view(r) for r in mine]):
+    unmet = 0
+    given = 0  # active replicas this step placed or has GPUs promised for
+    spoken: set[str] = set()  # GPUs promised to this step's earlier starts, not yet free
+    mine_claims = {vid: c for vid, (owner, c) in tick.claims.items() if owner == p.name}
+    planned_acts = plan(d.desired_active, d.desired_warm, [_view(r) for r in planned])
+    for i, a in enumerate(planned_acts):
+        rest = planned_acts[i + 1:]
         if a.kind == "activate" and live[a.replica or ""].sleeping:
             # a sleeper serves once awake: wake it now, activate it the tick it answers awake
             acts.append(Action("wake", p.name, a.replica, reason="scale-up: wake a sleeping warm replica"))
@@ -366,27 +467,45 @@ def _pool_step(
             acts.append(Action("stop", p.name, a.replica, reason=a.reason, detail={"role": r.role}))
         elif a.kind == "start" and a.role:
             if backoff:  # crash loop: no cold start until the backoff has passed
-                break
-            placed = place_replica(snap.gpus, p, used)
+                unmet += a.role == "active"
+                continue
+            blocked = tick.blocked(p.name) | spoken
+            placed = tick.place(p, blocked)
             if placed is None:
-                no_capacity = f"no free GPUs for a {p.gpus_per_replica}-GPU replica"
-                # A sleeping warm replica holds GPUs it does not use: reclaim them (lowest priority first).
-                sleepers = sorted((r for r in live.values() if r.sleeping and r.role == "warm"
-                                   and r.id not in activating and r.gpus),
-                                  key=lambda r: (next((q.priority for q in cfg.pools if q.name == r.pool), 0),
-                                                 r.pool != p.name, r.created_at))
-                if sleepers and a.role == "active":
-                    v = sleepers[0]
-                    acts.append(Action("stop", v.pool, v.id, reason=f"reclaimed: its GPUs for pool {p.name}",
-                                       detail={"role": v.role}))
-                    no_capacity = f"waiting for GPUs reclaimed from sleeping replica {v.id}"
-                break
-            used.update(placed.gpus)
+                if a.role != "active":  # a warm replica is not worth another pool's GPUs
+                    no_capacity = no_capacity or f"no free GPUs for a {p.gpus_per_replica}-GPU warm replica"
+                    continue
+                unmet += 1
+                got = _arbitrate(tick, p, d, blocked, mine_claims, given, acts, events)
+                if got is None:
+                    short = f"no free GPUs for a {p.gpus_per_replica}-GPU replica"
+                    no_capacity = f"{no_capacity}; then {short}" if no_capacity else short
+                    unmet += sum(1 for x in rest if x.kind == "start" and x.role == "active")
+                    break
+                gpus, note = got
+                spoken.update(gpus)
+                given += 1
+                no_capacity = note
+                continue
+            tick.used.update(placed.gpus)
+            given += a.role == "active"
             spec = ReplicaSpec(pool=p.name, model=p.model, argv=replica_argv(p), config_hash=p.config_hash(),
                                target_role=a.role, gpus=placed.gpus, cpus=placed.cpus, image=p.image,
                                memory_limit=p.limits.memory, pids_limit=p.limits.pids)
             acts.append(Action("start", p.name, None, role=a.role, reason=a.reason, spec=spec,
                                detail={"placement": placed.note}))
+    # A moved replica drains once the pool serves its desired count without it.
+    serving = sum(1 for r in planned if r.role == "active" and r.ready)
+    for r in moving:
+        if serving >= d.desired_active:
+            owner = tick.claims[r.id][0]
+            acts.append(Action("drain", p.name, r.id, role="draining",
+                               reason=f"moved: its replacement serves, its GPUs go to pool {owner}"))
+            tick.claims[r.id] = (owner, replace(tick.claims[r.id][1], draining=True))
+    if unmet == 0:
+        # nothing this pool still waits for: what it claimed is placed, or no longer needed
+        for vid in list(mine_claims):
+            tick.claims.pop(vid, None)
     # The warm pool's sleepers: `warm_pool.asleep` of the idle warm replicas sleep, the others stay awake.
     touched = activating | {a.replica for a in acts if a.replica}
     warm = sorted((r for r in mine if r.role == "warm" and r.ready and r.id not in touched),
@@ -400,5 +519,63 @@ def _pool_step(
     for r in asleep[: max(len(asleep) - want, 0)]:
         acts.append(Action("wake", p.name, r.id, reason="warm pool: keep it awake (warm_pool.asleep)"))
     if no_capacity is not None and no_capacity != st.no_capacity:
-        events.append(Event("no_capacity", p.name, {"reason": no_capacity}))
-    return replace(st, policy=d.state, signals=history, decision=d, no_capacity=no_capacity, error=None), acts, events
+        events.append(Event("no_capacity", p.name, {"reason": no_capacity, "unmet": unmet}))
+    return replace(st, policy=d.state, signals=history, decision=d, no_capacity=no_capacity, error=None,
+                   saturation=sat, unmet=unmet), acts, events
+
+
+def _arbitrate(
+    tick: _Tick, p: PoolConfig, d: Decision, blocked: set[str], mine_claims: Mapping[str, Claim], given: int,
+    acts: list[Action], events: list[Event],
+) -> tuple[tuple[str, ...], str] | None:
+    """GPUs for one replica of p that found none free: (the GPUs it will get, why it waits), or None.
+    Appends the victims' actions and the events; records the claims on the tick."""
+    now = tick.now
+    # 1. GPUs already promised to this pool would do: wait for them.
+    mine = {g for c in mine_claims.values() for g in c.gpus}
+    placed = tick.place(p, blocked - mine)
+    if placed is not None and mine & set(placed.gpus):
+        victims = sorted(vid for vid, c in mine_claims.items() if set(c.gpus) & set(placed.gpus))
+        return placed.gpus, f"waiting for GPUs reclaimed from {', '.join(victims)}"
+    shares = tick.shares(p, d, given)
+    cands = tick.candidates()
+
+    def place(b: set[str]) -> Placement | None:
+        return tick.place(p, b)
+
+    def claim(v: Candidate, gpus: tuple[str, ...], kind: str, how: str) -> None:
+        tick.claims[v.id] = (p.name, Claim(v.id, v.pool, gpus, kind, now, draining=how != "move"))  # type: ignore[arg-type]
+        events.append(Event("reclaim" if kind == "reclaim" else "move", p.name, {
+            "from_pool": v.pool, "for_pool": p.name, "replica": v.id, "role": v.role, "how": how,
+            "gpus": list(v.gpus), "priority": [tick.cfg.pool(v.pool).priority, p.priority]}))
+        if how == "stop":
+            acts.append(Action("stop", v.pool, v.id, reason=f"reclaimed: its GPUs for pool {p.name}",
+                               detail={"role": v.role}))
+        elif how == "drain":
+            acts.append(Action("drain", v.pool, v.id, role="draining",
+                               reason=f"reclaimed: its GPUs for pool {p.name} (priority {p.priority})"))
+            tick.taken[v.pool] = tick.taken.get(v.pool, 0) + 1
+
+    # 2. Replicas that serve nobody (sleeping, warm, loading for the warm pool).
+    found = find_reclaim(p.name, shares, cands, blocked, place, spare_only=True, taken=tick.taken, given=given)
+    if found is not None:
+        victims, placed = found
+        for v in victims:
+            claim(v, placed.gpus, "reclaim", "stop")
+        return placed.gpus, f"waiting for GPUs reclaimed from {', '.join(v.id for v in victims)}"
+    # 3. Fragmentation: re-place a smaller replica elsewhere (its replacement serves before it drains).
+    if p.gpus_per_replica > 1:
+        moved = find_move(p.name, shares, cands, blocked, place,
+                          lambda q, b: tick.place(tick.cfg.pool(q), b), p.gpus_per_replica)
+        if moved is not None:
+            v, placed = moved
+            claim(v, placed.gpus, "move", "stop" if v.role == "warm" else "move")
+            return placed.gpus, f"waiting for {v.id} of pool {v.pool} to move off GPUs {', '.join(v.gpus)}"
+    # 4. Serving replicas above their pool's minimum, by drain.
+    found = find_reclaim(p.name, shares, cands, blocked, place, spare_only=False, taken=tick.taken, given=given)
+    if found is not None:
+        victims, placed = found
+        for v in victims:
+            claim(v, placed.gpus, "reclaim", "stop" if v.role != "active" else "drain")
+        return placed.gpus, f"waiting for GPUs reclaimed from {', '.join(v.id for v in victims)}"
+    return None

@@ -37,6 +37,16 @@ class SignalsStatus(_M):
     request_rate: float | None
 
 
+class ClaimStatus(_M):
+    """GPUs another pool's replica gives up for this one (reclaimed by drain or stop, or moved)."""
+
+    replica: str
+    from_pool: str
+    kind: str  # reclaim | move
+    gpus: list[str]
+    since: float
+
+
 class PoolStatus(_M):
     model: str
     desired_active: int | None
@@ -49,6 +59,10 @@ class PoolStatus(_M):
     backoff_reason: str | None = None
     error: str | None = None  # the pool's step raised this last tick
     held: int = 0  # requests the activator holds until a replica serves
+    priority: int = 0
+    unmet: int = 0  # active replicas wanted and not placeable this tick (no GPUs, even by reclaim)
+    saturated: bool = False  # new requests overflow to the fallback pools at the gateway
+    claims: list[ClaimStatus] = []  # GPUs promised to this pool by other pools' replicas
     signals: SignalsStatus | None
     replicas: list[ReplicaStatus]
 

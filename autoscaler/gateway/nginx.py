@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -29,6 +31,7 @@ from autoscaler.gateway.render import (
     render_gateway,
     render_template,
 )
+from autoscaler.gateway.routing import STATE_FILE, state_document
 from autoscaler.procs import pid_alive
 
 log = logging.getLogger("gpufleet.gateway")
@@ -82,8 +85,13 @@ class Gateway:
         main_conf: Callable[[], str] | None = None,
         activator: bool = False,
         keys: KeysSource | None = None,
+        routing: Mapping[str, Any] | None = None,
     ) -> None:
         self.activator = activator
+        # aliases, rules, fallbacks (gateway.routing.routing_table), and where njs reads which pools overflow
+        self.state_file = conf_dir / STATE_FILE
+        self.routing = {**(routing or {}), "state_file": str(self.state_file)}
+        self._state: str | None = None
         # the API keys nginx enforces; re-read on change (None: auth on, no key valid)
         self.keys = keys
         self.conf_dir = conf_dir
@@ -117,7 +125,7 @@ class Gateway:
         """
         shutil.copyfile(TEMPLATES / "gateway.js", self.conf_dir / "gateway.js")
         # every pool's model is known from the start (with no server yet): the activator holds, no 404
-        files = render_gateway(routes, activator=self.activator, access=self._access())
+        files = render_gateway(routes, activator=self.activator, access=self._access(), routing=self.routing)
         if self._main_conf is not None:
             files[MAIN_CONF] = self._main_conf()
         for name, text in files.items():
@@ -133,7 +141,8 @@ class Gateway:
         `docker exec`) never stalls the event loop, so scrapes and /status go on meanwhile.
         """
         try:
-            files = render_gateway(routes, self.cfg.upstream_template, self.activator, self._access())
+            files = render_gateway(routes, self.cfg.upstream_template, self.activator, self._access(),
+                                   self.routing)
             if self._main_conf is not None:
                 files[MAIN_CONF] = self._main_conf()
         except Exception as e:  # a broken template must never take the gateway down
@@ -155,6 +164,17 @@ class Gateway:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(wait, lambda: self._tasks.add(loop.create_task(self.flush())))
         return True
+
+    def publish_state(self, saturated: Mapping[str, bool], now: float) -> None:
+        """Which pools overflow to their fallbacks: a file njs reads per request, so no reload is needed.
+        Rewritten every tick (its time stamp is how njs knows the autoscaler is alive)."""
+        text = json.dumps(state_document(saturated, now))
+        try:
+            atomic_write(self.state_file, text)
+        except OSError as e:
+            self._error(f"writing {self.state_file.name} failed: {e}")
+            return
+        self._state = text
 
     def _access(self) -> AccessPolicy:
         if self.keys is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,18 +66,23 @@ def render_replica_names(routes: Sequence[PoolRoute]) -> str:
 
 def render_gateway(
     routes: Sequence[PoolRoute], upstream_template: Path | None = None, activator: bool = False,
-    access: AccessPolicy = NO_KEYS,
+    access: AccessPolicy = NO_KEYS, routing: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """{file name: content} for the files the gateway includes. Raises on a broken template.
     activator: a pool with no serving replica (nor fallback) goes to the activator instead of a 503.
-    access: the API keys and limits nginx enforces."""
+    access: the API keys and limits nginx enforces.
+    routing: aliases, rules, fallback caps and the state file (gateway.routing.routing_table); without
+    it, each pool's model routes to it and falls back as its PoolRoute says."""
     pools = sorted(routes, key=lambda r: r.name)
     acc = render_access(access)
     src = upstream_template.read_text() if upstream_template else packaged_template("upstreams.conf.j2")
-    table = {
+    table: dict[str, Any] = {
         "routes": {p.model: p.name for p in pools},
+        "models": {p.name: p.model for p in pools},
+        "fallback": {p.name: [{"pool": f, "max_tokens": None} for f in p.fallback] for p in pools if p.fallback},
+        "rules": [],
+        **(routing or {}),
         "serving": {p.name: bool(p.servers) for p in pools},
-        "fallback": {p.name: list(p.fallback) for p in pools if p.fallback},
         "activator": activator,
         **acc["table"],
     }

@@ -137,10 +137,12 @@ def allocate(
     req: Request,
     used: Iterable[int] = (),
     shared: dict[int, int] | None = None,
+    future: Sequence[int] = FUTURE_SIZES,
 ) -> Allocation | None:
     """Choose GPUs for one replica, or None when no set satisfies the request.
 
-    `used`: GPUs held whole; `shared`: GPU → MiB already handed out as shares.
+    `used`: GPUs held whole; `shared`: GPU → MiB already handed out as shares; `future`: the replica
+    sizes to keep placeable (rule 2), smallest first: every pool's, when the caller knows the fleet.
     """
     shared = shared or {}
     used = set(used)
@@ -159,8 +161,8 @@ def allocate(
         if req.min_link is not None and req.k > 1 and weak < Link(req.min_link, 1).score:
             continue
         left = [g for g in all_free if g not in s]
-        future = tuple(best_weakest(topo, left, k) for k in FUTURE_SIZES if k <= len(left))
-        key = (weak, tuple(nvlink_islands(topo, left)), future, -len(_numa(topo, s)),
+        future_fit = tuple(best_weakest(topo, left, k) for k in future if k <= len(left))
+        key = (weak, tuple(nvlink_islands(topo, left)), future_fit, -len(_numa(topo, s)),
                tuple(-i for i in s))
         if best_key is None or key > best_key:
             best_key, best = key, s

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from autoscaler.config import GpuConfig
-from autoscaler.gpus.allocator import Request, allocate
+from autoscaler.gpus.allocator import FUTURE_SIZES, Request, allocate
 from autoscaler.gpus.slots import Placement
 from autoscaler.gpus.topology import Link, LinkKind, Topology, load_topology_file, uniform_topology
 
@@ -21,16 +21,18 @@ log = logging.getLogger("gpufleet.gpus")
 
 def choose_gpus(topo: Topology, blocked: Iterable[str], k: int, *, model: str | None = None,
                 min_memory_mb: int = 0, min_link: LinkKind | None = None,
-                host_cpus: frozenset[int] | None = None) -> Placement | None:
+                host_cpus: frozenset[int] | None = None, future: Sequence[int] | None = None) -> Placement | None:
     """The GPUs (and NUMA-local cores) for a k-GPU replica, none of them `blocked`. Pure.
 
     host_cpus: the cores this host has (None: virtual slots, no CPU pinning).
+    future: the multi-GPU replica sizes to keep placeable (default: 2, 4, 8).
     """
     if k == 0:
         return Placement(())
     blocked = set(blocked)
     idx = {g.index for g in topo.gpus if g.id in blocked}
-    a = allocate(topo, Request(k=k, model=model, min_memory_mb=min_memory_mb, min_link=min_link), idx)
+    a = allocate(topo, Request(k=k, model=model, min_memory_mb=min_memory_mb, min_link=min_link), idx,
+                 future=FUTURE_SIZES if future is None else future)
     if a is None:
         return None
     ids = tuple(topo.gpus[i].id for i in a.gpus)

@@ -2,6 +2,7 @@
 // routes.js is rendered by the autoscaler next to this file and re-read on reload.
 import cfg from 'routes.js';
 import crypto from 'crypto';
+import fs from 'fs';
 
 function own(obj, key) {
     // `model: "constructor"` must not find Object.prototype's members
@@ -64,6 +65,105 @@ function allows(k, model) {
     return k.models.indexOf('*') >= 0 || k.models.indexOf(model) >= 0;
 }
 
+// The prompt's length in tokens, estimated from the body: characters / chars_per_token (a token id
+// in a pre-tokenized prompt counts as one token).
+function promptTokens(body) {
+    var per = cfg.chars_per_token || 4;
+    var chars = 0;
+    function add(v, depth) {
+        if (depth > 8) {
+            return;
+        }
+        if (typeof v === 'string') {
+            chars += v.length;
+        } else if (typeof v === 'number') {
+            chars += per;
+        } else if (Array.isArray(v)) {
+            for (var i = 0; i < v.length; i++) {
+                add(v[i], depth + 1);
+            }
+        } else if (v !== null && typeof v === 'object') {
+            if (typeof v.text === 'string') {
+                chars += v.text.length;
+            } else if (v.content !== undefined) {
+                add(v.content, depth + 1);
+            }
+        }
+    }
+    add(body.prompt, 0);
+    add(body.messages, 0);
+    return Math.ceil(chars / per);
+}
+
+function ruleFor(r, key, model, body) {
+    var rules = cfg.rules || [];
+    var tokens = null;
+    for (var i = 0; i < rules.length; i++) {
+        var ru = rules[i];
+        if (ru.models.length && ru.models.indexOf(model) < 0) {
+            continue;
+        }
+        if (ru.tiers.length && ru.tiers.indexOf(key.tier || '') < 0) {
+            continue;
+        }
+        var ok = true;
+        for (var h in ru.headers) {
+            if (Object.prototype.hasOwnProperty.call(ru.headers, h) && r.headersIn[h] !== ru.headers[h]) {
+                ok = false;
+                break;
+            }
+        }
+        if (!ok) {
+            continue;
+        }
+        if (ru.over !== null || ru.under !== null) {
+            if (tokens === null) {
+                tokens = promptTokens(body);
+            }
+            if ((ru.over !== null && !(tokens > ru.over)) || (ru.under !== null && !(tokens < ru.under))) {
+                continue;
+            }
+        }
+        return ru;
+    }
+    return null;
+}
+
+// Pools the autoscaler marked saturated this tick (a file it rewrites every tick; no reload needed).
+// Unreadable, garbage or stale (autoscaler gone): none.
+function saturated() {
+    if (!cfg.state_file) {
+        return {};
+    }
+    try {
+        var st = JSON.parse(fs.readFileSync(cfg.state_file, 'utf8'));
+        if (typeof st.t !== 'number' || Date.now() / 1000 - st.t > (cfg.state_stale_s || 10)) {
+            return {};
+        }
+        var out = {};
+        for (var i = 0; i < st.saturated.length; i++) {
+            out[st.saturated[i]] = true;
+        }
+        return out;
+    } catch (e) {
+        return {};
+    }
+}
+
+// At most `cap` tokens: lower the limits the request gives, or set one where it gives none.
+function capTokens(body, cap) {
+    var limited = false;
+    ['max_tokens', 'max_completion_tokens'].forEach(function (f) {
+        if (typeof body[f] === 'number') {
+            body[f] = Math.min(body[f], cap);
+            limited = true;
+        }
+    });
+    if (!limited) {
+        body.max_tokens = cap;
+    }
+}
+
 function route(r) {
     var key = authorize(r);
     if (key === null) {
@@ -91,20 +191,51 @@ function route(r) {
         return fail(r, 400, "'model' is required and must be a string.", 'invalid_request_error', 'model', null);
     }
     var pool = own(cfg.routes, model);
-    if (pool === undefined || !allows(key, model)) {
+    if (pool === undefined || !(allows(key, model) || allows(key, own(cfg.models, pool)))) {
         // the same answer for a model this key may not use: it learns nothing of models it cannot reach
         return fail(r, 404, 'The model `' + model + '` does not exist or you do not have access to it.',
                     'invalid_request_error', 'model', 'model_not_found');
     }
-    var chain = [pool].concat(own(cfg.fallback, pool) || []);
-    for (var i = 0; i < chain.length; i++) {
-        if (own(cfg.serving, chain[i])) {
-            return r.internalRedirect('/_pool/' + chain[i].replace(/-/g, '_') + r.uri);
+    var rule = ruleFor(r, key, model, body);
+    var chosen = rule ? rule.pool : pool;
+    var why = rule ? 'rule:' + rule.name : (model === own(cfg.models, pool) ? 'model' : 'alias');
+    var chain = [{pool: chosen, max_tokens: null}].concat(own(cfg.fallback, chosen) || []);
+    var hot = chain.length > 1 ? saturated() : {};
+    var pick = -1;
+    // first a pool that serves and is not saturated; else any that serves (an overloaded pool beats none)
+    for (var pass = 0; pass < 2 && pick < 0; pass++) {
+        for (var i = 0; i < chain.length; i++) {
+            if (own(cfg.serving, chain[i].pool) && (pass === 1 || !hot[chain[i].pool])) {
+                pick = i;
+                break;
+            }
         }
+    }
+    var target = pick >= 0 ? chain[pick] : chain[0];
+    if (pick > 0) {
+        why = 'fallback:' + (own(cfg.serving, chosen) ? 'saturated' : 'no-replica') + ':' + chosen + ' ' + why;
+    }
+    var served = own(cfg.models, target.pool);
+    var rewrite = served !== model;
+    if (target.max_tokens) {
+        capTokens(body, target.max_tokens);
+        why += ' max_tokens<=' + target.max_tokens;
+        rewrite = true;
+    }
+    r.variables.gf_route = 'pool=' + target.pool + '; reason=' + why;
+    var b = '';
+    if (rewrite) {
+        // a replica answers only to its own model name; the answer's `model` says who served
+        body.model = served;
+        r.variables.gf_body = JSON.stringify(body);
+        b = 'b';
+    }
+    if (pick >= 0) {
+        return r.internalRedirect('/_pool' + b + '/' + target.pool.replace(/-/g, '_') + r.uri);
     }
     if (cfg.activator) {
         // No replica serves: the activator holds the request, wakes the pool and forwards it.
-        return r.internalRedirect('/_activator/' + pool + r.uri);
+        return r.internalRedirect('/_activator' + b + '/' + target.pool + r.uri);
     }
     return fail(r, 503, 'No replica of model `' + model + '` is serving yet; retry shortly.',
                 'service_unavailable', null, 'no_replica');

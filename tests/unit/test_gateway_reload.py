@@ -70,7 +70,8 @@ def test_a_reload_counts_only_once_nginx_serves_the_new_config(tmp_path: Path):
     """After SIGHUP old workers still answer for a moment: `routed` must wait for the new generation."""
     from autoscaler.gateway.render import files_generation, render_gateway
 
-    want = files_generation(render_gateway(routes("a:1")))
+    # as the gateway renders: with its routing table (which names the state file in its directory)
+    want = files_generation(render_gateway(routes("a:1"), routing={"state_file": str(tmp_path / "pool-state.json")}))
     answers = iter([None, "old", "old", want])
     seen: list[str | None] = []
 

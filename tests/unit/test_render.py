@@ -24,8 +24,9 @@ def test_routes_table_maps_models_serving_and_fallbacks():
     body = files["routes.js"].split("export default ", 1)[1].rstrip().rstrip(";")
     table = json.loads(body)
     generation = table.pop("generation")
-    assert table == {"routes": {"m1": "a", "m2": "b"}, "serving": {"a": True, "b": False},
-                     "fallback": {"a": ["b"]}, "activator": False, "auth": True, "keys": {}}
+    assert table == {"routes": {"m1": "a", "m2": "b"}, "models": {"a": "m1", "b": "m2"}, "rules": [],
+                     "serving": {"a": True, "b": False}, "fallback": {"a": [{"pool": "b", "max_tokens": None}]},
+                     "activator": False, "auth": True, "keys": {}}
     assert files_generation(files) == generation
 
 

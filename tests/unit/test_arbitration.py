@@ -1,0 +1,272 @@
+"""GPUs between pools (autoscaler.arbiter through reconcile): priorities, reclaim by drain, equal shares,
+guaranteed minimums, fragmentation moves. Snapshots in, actions and claims out; tick by tick where the
+rule is about what happens next."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from autoscaler.config import FleetConfig, parse_config
+from autoscaler.gateway.routing import SaturationState, next_saturation
+from autoscaler.gpus.topology import Link, LinkKind, Topology, load_topology_file, uniform_topology
+from autoscaler.policy import Decision, PolicyState
+from autoscaler.reconcile import GpuView, PoolState, ReplicaObs, Snapshot, fleet_sizes, reconcile
+from autoscaler.signals import PoolSignals, ReplicaSample
+
+NOW = 1000.0
+TOPO = Path(__file__).resolve().parent.parent / "fixtures" / "topology"
+A100_PAIR = TOPO / "4xa100-pcie-nv12-bridge-pair-2socket-mlx.txt"  # only GPU0-GPU1 is NVLink
+
+
+def pool(name: str, **kw: Any) -> dict[str, Any]:
+    p: dict[str, Any] = {"name": name, "model": f"m-{name}", "gpus_per_replica": 1, "min_replicas": 1,
+                         "max_replicas": 4, "warm_pool": {"min": 0, "max": 0}, "targets": {"concurrency": 4},
+                         "drain_timeout_s": 30}
+    p.update(kw)
+    return p
+
+
+def fleet(*pools: dict[str, Any]) -> FleetConfig:
+    return parse_config({"pools": list(pools), "gpus": {"source": "none"}})
+
+
+def rep(cfg: FleetConfig, rid: str, pool_name: str, role: str = "active", *, gpus: tuple[str, ...] = (),
+        load: float = 0.0, target: str | None = None, **kw: Any) -> ReplicaObs:
+    base: dict[str, Any] = dict(
+        id=rid, pool=pool_name, role=role, target_role=target or role, created_at=float(len(rid)), role_since=0.0,
+        alive=True, ready=role != "starting", upstream=f"{rid}:8000", gpus=gpus,
+        samples=(ReplicaSample(t=NOW - 0.1, running=load, waiting=0.0, kv_usage=0.0, ttft_buckets=(),
+                               requests_total=0.0),),
+        config_hash=cfg.pool(pool_name).config_hash())
+    base.update(kw)
+    return ReplicaObs(**base)
+
+
+def with_load(r: ReplicaObs, load: float, **kw: Any) -> ReplicaObs:
+    return replace(r, samples=(replace(r.samples[0], running=load),), **kw)
+
+
+def slots(n: int) -> Topology:
+    return uniform_topology(n, Link(LinkKind.PHB))
+
+
+def snap(topo: Topology, *reps: ReplicaObs, routed: set[str] | None = None, now: float = NOW) -> Snapshot:
+    routed = {r.id for r in reps if r.role == "active"} if routed is None else routed
+    return Snapshot(now=now, replicas=tuple(reps), gpus=GpuView(topo), routed=frozenset(routed))
+
+
+def steady(cfg: FleetConfig, **desired: int) -> dict[str, PoolState]:
+    out = {}
+    for p in cfg.pools:
+        n = desired.get(p.name.replace("-", "_"), p.min_replicas)
+        st = PolicyState(desired=n, changes=((0.0, n),), recommendations=((NOW - 10, n),))
+        out[p.name] = PoolState(policy=st, decision=Decision(n, 0, False, "steady", st))
+    return out
+
+
+def kinds(out, kind: str) -> list[tuple[str | None, str]]:
+    return [(a.replica, a.pool) for a in out.actions if a.kind == kind]
+
+
+def events(out, kind: str) -> list[dict[str, Any]]:
+    return [dict(e.detail, pool=e.pool) for e in out.events if e.kind == kind]
+
+
+# ---- priorities and reclaim ------------------------------------------------------------------
+
+
+def test_a_higher_priority_pool_takes_a_lower_pools_warm_replica_before_any_active_one():
+    cfg = fleet(pool("low", priority=0, warm_pool={"min": 1, "max": 1}), pool("high", priority=10))
+    low_a = rep(cfg, "la", "low", gpus=("vslot0",))
+    low_w = rep(cfg, "lw", "low", "warm", gpus=("vslot1",))
+    high = rep(cfg, "h1", "high", gpus=("vslot2",), load=8)  # 8 running / 4 per replica: wants 2
+    out = reconcile(cfg, snap(slots(3), low_a, low_w, high), steady(cfg, high=1), NOW)
+    assert kinds(out, "stop") == [("lw", "low")]
+    assert not kinds(out, "drain"), "a warm replica was enough: no serving replica is touched"
+    (ev,) = events(out, "reclaim")
+    assert ev["pool"] == "high" and ev["from_pool"] == "low" and ev["for_pool"] == "high" and ev["how"] == "stop"
+    assert set(out.states["high"].claims) == {"lw"} and out.states["high"].unmet == 1
+
+
+def test_an_active_replica_above_the_lower_pools_minimum_is_drained_never_stopped_and_never_below_its_minimum():
+    cfg = fleet(pool("low", priority=0, min_replicas=1), pool("high", priority=10))
+    la, lb = rep(cfg, "la", "low", gpus=("vslot0",)), rep(cfg, "lb", "low", gpus=("vslot1",), load=1)
+    high = rep(cfg, "h1", "high", gpus=("vslot2",), load=16)  # wants 4: three more than it has
+    out = reconcile(cfg, snap(slots(3), la, lb, high), steady(cfg, low=2, high=1), NOW)
+    assert kinds(out, "drain") == [("la", "low")], "the least loaded, by drain"
+    assert not kinds(out, "stop")
+    assert "la:8000" not in out.routes[0].servers and "lb:8000" in out.routes[0].servers
+    assert out.states["high"].unmet == 3, "one start waits for la's GPU, two have nothing left to take"
+    assert "waiting for GPUs reclaimed from la" in (out.states["high"].no_capacity or "")
+    assert "low" in {e["from_pool"] for e in events(out, "reclaim")}
+
+
+def test_a_claim_in_flight_is_not_claimed_again_and_the_drained_victim_is_stopped_not_kept_warm():
+    cfg = fleet(pool("low", priority=0, min_replicas=1, warm_pool={"min": 1, "max": 1}), pool("high", priority=10))
+    la, lb = rep(cfg, "la", "low", gpus=("vslot0",)), rep(cfg, "lb", "low", gpus=("vslot1",))
+    high = rep(cfg, "h1", "high", gpus=("vslot2",), load=8)
+    states = steady(cfg, low=2, high=1)
+    one = reconcile(cfg, snap(slots(3), la, lb, high), states, NOW)
+    assert kinds(one, "drain") == [("la", "low")]
+    # next tick: la drains (unrouted, still busy): nothing more is taken
+    busy = with_load(la, 2, role="draining")
+    two = reconcile(cfg, snap(slots(3), busy, lb, high, routed={"lb", "h1"}, now=NOW + 1), one.states, NOW + 1)
+    assert not kinds(two, "drain") and not kinds(two, "stop") and not events(two, "reclaim")
+    assert set(two.states["high"].claims) == {"la"}
+    # la is empty: stopped (its pool wants a warm replica, but these GPUs are promised)
+    empty = with_load(la, 0, role="draining")
+    three = reconcile(cfg, snap(slots(3), empty, lb, high, routed={"lb", "h1"}, now=NOW + 3), two.states, NOW + 3)
+    assert kinds(three, "stop") == [("la", "low")] and not kinds(three, "demote")
+    assert "its GPUs go to pool high" in next(a.reason for a in three.actions if a.kind == "stop")
+
+
+def test_freed_gpus_go_to_the_pool_that_claimed_them_not_to_a_pool_listed_first():
+    # low is listed first and wants a replica too; the claim keeps vslot0 for high
+    cfg = fleet(pool("low", priority=0, min_replicas=1), pool("high", priority=10))
+    lb = rep(cfg, "lb", "low", gpus=("vslot1",), load=8)
+    high = rep(cfg, "h1", "high", gpus=("vslot2",), load=8)
+    states = steady(cfg, low=2, high=2)
+    from autoscaler.arbiter import Claim
+
+    states["high"] = replace(states["high"], claims={"la": Claim("la", "low", ("vslot0",), "reclaim", NOW - 5)})
+    out = reconcile(cfg, snap(slots(3), lb, high), states, NOW)  # la is gone
+    starts = [a for a in out.actions if a.kind == "start"]
+    assert [(a.pool, a.spec.gpus) for a in starts] == [("high", ("vslot0",))]
+    assert out.states["low"].unmet >= 1 and not out.states["high"].claims, "placed: the claim is spent"
+
+
+def test_a_lower_priority_pool_never_takes_from_a_higher_one_above_its_own_minimum():
+    cfg = fleet(pool("low", priority=0, min_replicas=1), pool("high", priority=10, min_replicas=1))
+    la = rep(cfg, "la", "low", gpus=("vslot0",), load=16)
+    ha, hb = rep(cfg, "ha", "high", gpus=("vslot1",)), rep(cfg, "hb", "high", gpus=("vslot2",))
+    out = reconcile(cfg, snap(slots(3), la, ha, hb), steady(cfg, low=1, high=2), NOW)
+    assert not kinds(out, "drain") and not kinds(out, "stop") and not events(out, "reclaim")
+    assert out.states["low"].unmet == 3 and "no free GPUs" in (out.states["low"].no_capacity or "")
+
+
+def test_the_minimum_is_guaranteed_a_pool_below_it_takes_from_a_higher_pool_above_its_own():
+    cfg = fleet(pool("low", priority=0, min_replicas=1), pool("high", priority=10, min_replicas=1))
+    ha, hb = rep(cfg, "ha", "high", gpus=("vslot0",)), rep(cfg, "hb", "high", gpus=("vslot1",), load=1)
+    out = reconcile(cfg, snap(slots(2), ha, hb), steady(cfg, low=1, high=2), NOW)  # low has nothing
+    assert kinds(out, "drain") == [("ha", "high")]
+    (ev,) = events(out, "reclaim")
+    assert ev["from_pool"] == "high" and ev["for_pool"] == "low"
+    # the guarantee does not reach below the other pool's minimum
+    out = reconcile(cfg, snap(slots(1), replace(ha, gpus=("vslot0",))), steady(cfg, low=1, high=1), NOW)
+    assert not kinds(out, "drain") and out.states["low"].unmet == 1
+
+
+def test_equal_priorities_share_by_demand_and_do_not_take_back_and_forth():
+    cfg = fleet(pool("a"), pool("b"))
+    b_reps = [rep(cfg, f"b{i}", "b", gpus=(f"vslot{i}",), load=1) for i in range(3)]
+    a1 = rep(cfg, "a1", "a", gpus=("vslot3",), load=16)  # a wants 4, has 1; b wants 3, has 3
+    out = reconcile(cfg, snap(slots(4), a1, *b_reps), steady(cfg, a=1, b=3), NOW)
+    assert len(kinds(out, "drain")) == 1, "a 2/4 share is no larger than b's 2/3: one, not more"
+    assert out.states["a"].unmet == 3
+    # b, now below its demand, does not take it back from a (a's share 2/4 is not larger than b's)
+    drained = kinds(out, "drain")[0][0]
+    left = [r for r in b_reps if r.id != drained]
+    a2 = rep(cfg, "a2", "a", gpus=(next(r.gpus for r in b_reps if r.id == drained)), load=4)
+    loaded = [with_load(r, 8.0) for r in left]
+    out2 = reconcile(cfg, snap(slots(4), a1, a2, *loaded), steady(cfg, a=4, b=3), NOW)
+    assert not kinds(out2, "drain") and not events(out2, "reclaim")
+
+
+def test_warm_replicas_of_an_equal_priority_pool_are_fair_game_but_a_warm_refill_never_reclaims():
+    cfg = fleet(pool("a"), pool("b", warm_pool={"min": 1, "max": 1}))
+    a1 = rep(cfg, "a1", "a", gpus=("vslot0",), load=8)
+    b1, bw = rep(cfg, "b1", "b", gpus=("vslot1",)), rep(cfg, "bw", "b", "warm", gpus=("vslot2",))
+    out = reconcile(cfg, snap(slots(3), a1, b1, bw), steady(cfg, a=1, b=1), NOW)
+    assert kinds(out, "stop") == [("bw", "b")]
+    # b's warm refill, with no free GPU, only reports it
+    out2 = reconcile(cfg, snap(slots(3), a1, rep(cfg, "a2", "a", gpus=("vslot2",)), b1), out.states, NOW + 1)
+    assert not kinds(out2, "drain") and not kinds(out2, "stop")
+    assert "warm replica" in (out2.states["b"].no_capacity or "")
+
+
+# ---- placement across pools and fragmentation -------------------------------------------------
+
+
+def test_a_one_gpu_replica_of_one_pool_keeps_off_the_nvlink_pair_another_pools_two_gpu_replica_needs():
+    topo = load_topology_file(A100_PAIR)
+    cfg = fleet(pool("small"), pool("large", gpus_per_replica=2, gpu_min_link="NVLINK", min_replicas=0))
+    assert fleet_sizes(cfg) == (2,)
+    out = reconcile(cfg, snap(topo), steady(cfg, small=1, large=0), NOW)
+    (start,) = [a for a in out.actions if a.kind == "start"]
+    assert start.pool == "small" and start.spec.gpus[0] in ("GPU2", "GPU3")
+
+
+def test_fragmentation_is_undone_by_moving_a_small_replica_replacement_first_then_drain():
+    topo = load_topology_file(A100_PAIR)
+    cfg = fleet(pool("small", priority=0), pool("batch", priority=0),
+                pool("large", priority=10, gpus_per_replica=2, gpu_min_link="NVLINK", min_replicas=1))
+    s1 = rep(cfg, "s1", "small", gpus=("GPU0",))  # sits in the only NVLink pair
+    b1 = rep(cfg, "b1", "batch", gpus=("GPU2",))
+    states = steady(cfg, small=1, batch=1, large=1)
+    one = reconcile(cfg, snap(topo, s1, b1), states, NOW)
+    (mv,) = events(one, "move")
+    assert mv["replica"] == "s1" and mv["from_pool"] == "small" and mv["how"] == "move"
+    # the replacement starts first, outside the pair; s1 still serves
+    starts = [(a.pool, a.spec.gpus) for a in one.actions if a.kind == "start"]
+    assert starts == [("small", ("GPU3",))]
+    assert not kinds(one, "drain") and "s1:8000" in next(r for r in one.routes if r.name == "small").servers
+    # the replacement serves: now s1 drains
+    s2 = rep(cfg, "s2x", "small", gpus=("GPU3",))
+    two = reconcile(cfg, snap(topo, s1, b1, s2, now=NOW + 5), one.states, NOW + 5)
+    assert kinds(two, "drain") == [("s1", "small")]
+    # drained: stopped (not kept warm); then the pair is free and large places on it
+    draining = replace(s1, role="draining")
+    unrouted = reconcile(cfg, snap(topo, draining, b1, s2, routed={"b1", "s2x"}, now=NOW + 7), two.states, NOW + 7)
+    assert not kinds(unrouted, "stop"), "a drain counts from when nginx stopped routing to it"
+    three = reconcile(cfg, snap(topo, draining, b1, s2, routed={"b1", "s2x"}, now=NOW + 8), unrouted.states, NOW + 8)
+    assert kinds(three, "stop") == [("s1", "small")]
+    four = reconcile(cfg, snap(topo, b1, s2, now=NOW + 9), three.states, NOW + 9)
+    assert [(a.pool, a.spec.gpus) for a in four.actions if a.kind == "start"] == [("large", ("GPU0", "GPU1"))]
+    assert not any(r.pool != "large" and a.kind in ("drain", "stop") for a in four.actions
+                   for r in (s2, b1) if a.replica == r.id)
+
+
+def test_no_move_when_the_moved_replica_would_have_nowhere_to_go():
+    topo = load_topology_file(A100_PAIR)
+    cfg = fleet(pool("small", priority=0, min_replicas=1),
+                pool("large", priority=10, gpus_per_replica=2, gpu_min_link="NVLINK", min_replicas=1))
+    reps = [rep(cfg, "s1", "small", gpus=("GPU0",)), rep(cfg, "s2", "small", gpus=("GPU2",), load=3),
+            rep(cfg, "s3", "small", gpus=("GPU3",), load=3)]
+    out = reconcile(cfg, snap(topo, *reps), steady(cfg, small=3, large=1), NOW)
+    assert not events(out, "move")
+    # ...so a reclaim by drain it is: s1 frees the pair (GPU1 is free)
+    assert kinds(out, "drain") == [("s1", "small")]
+
+
+# ---- saturation --------------------------------------------------------------------------------
+
+
+def sig(waiting: float, ready: int = 2) -> PoolSignals:
+    return PoolSignals(t=NOW, ready=ready, running=4.0 * ready, waiting=waiting, kv_usage=0.0, ttft_p95_s=None,
+                       request_rate=None)
+
+
+def test_saturation_starts_at_the_threshold_and_ends_below_clear_after_the_hold():
+    sat = fleet(pool("a", fallback=["b"], saturation={"waiting_per_replica": 4, "hold_s": 5}), pool("b")).pool("a")
+    s = sat.saturation
+    st = next_saturation(s, sig(7), SaturationState(), NOW)
+    assert not st.saturated
+    st = next_saturation(s, sig(8), st, NOW)
+    assert st.saturated and st.since == NOW
+    assert next_saturation(s, sig(1), st, NOW + 2).saturated, "held for hold_s"
+    assert next_saturation(s, sig(5), st, NOW + 9).saturated, "still above clear_below (2 per replica)"
+    assert not next_saturation(s, sig(3), st, NOW + 9).saturated
+    assert not next_saturation(s, sig(0, ready=0), st, NOW + 1).saturated, "no replica: plain fallback"
+
+
+def test_reconcile_reports_saturation_and_an_overflow_event():
+    cfg = fleet(pool("a", fallback=[{"pool": "b", "max_tokens": 64}], saturation={"waiting_per_replica": 2}),
+                pool("b"))
+    a1 = rep(cfg, "a1", "a", samples=(ReplicaSample(t=NOW - 0.1, running=4, waiting=5, kv_usage=0.5,
+                                                      ttft_buckets=(), requests_total=0.0),))
+    out = reconcile(cfg, snap(slots(4), a1, rep(cfg, "b1", "b")), steady(cfg), NOW)
+    assert out.saturated == {"a": True, "b": False}
+    (ev,) = events(out, "overflow")
+    assert ev["to"] == ["b"] and ev["waiting_per_replica"] == 5.0
