@@ -115,7 +115,8 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
     nginx.render_main()
     adopted = nginx.adopt()
     gateway = Gateway(nginx.conf_dir, cfg.gateway, nginx.validate, nginx.reload, nginx.probe,
-                      activator=act.enabled, keys=keys, routing=routing_table(cfg))
+                      activator=act.enabled, keys=keys, routing=routing_table(cfg),
+                      state_dir=nginx.worker_state_dir())
     # adopted: nginx serves the fleet the files describe; the first update reloads it with today's
     gateway.write_initial(keep_existing=adopted, routes=initial_routes(cfg))
     prom = LocalPrometheus(run_dir, cfg, token_file) if cfg.prometheus.enabled else None
@@ -168,6 +169,7 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
         if activator:
             await activator.close()
         nginx.stop()
+        nginx.remove_state_dir()
         if prom:
             prom.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):

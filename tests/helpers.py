@@ -10,12 +10,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import openai
 import pytest
 import yaml
 
@@ -238,3 +241,49 @@ def sim_pool(**over: Any) -> dict[str, Any]:
     }
     pool.update(over)
     return pool
+
+
+@dataclass
+class Answer:
+    at: float
+    model: str | None = None
+    tokens: int = 0
+    route: str = ""
+    error: str | None = None
+
+
+class Clients:
+    """n openai clients sending back to back (max_tokens 20, about 1 s each) until stopped; bounded."""
+
+    def __init__(self, url: str, n: int, model: str, max_s: float = 120) -> None:
+        self.url, self.model, self.max_s = url, model, max_s
+        self.answers: list[Answer] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
+
+    def __enter__(self) -> Clients:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+
+    def _run(self) -> None:
+        c = openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=60)
+        end = time.monotonic() + self.max_s
+        while not self._stop.is_set() and time.monotonic() < end:
+            a = Answer(time.monotonic())
+            try:
+                raw = c.chat.completions.with_raw_response.create(
+                    model=self.model, messages=[{"role": "user", "content": "hi"}], max_tokens=20)
+                r = raw.parse()
+                a.model, a.tokens, a.route = r.model, r.usage.completion_tokens, raw.headers.get("x-gpufleet-route", "")
+            except Exception as e:  # every failure is recorded and fails the test
+                a.error = f"{type(e).__name__}: {e}"
+            self.answers.append(a)
+
+    def since(self, t: float) -> list[Answer]:
+        return [a for a in self.answers if a.at >= t]

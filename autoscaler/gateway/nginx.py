@@ -11,7 +11,9 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -86,12 +88,13 @@ class Gateway:
         activator: bool = False,
         keys: KeysSource | None = None,
         routing: Mapping[str, Any] | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.activator = activator
-        # aliases, rules, fallbacks (gateway.routing.routing_table), and where njs reads which pools overflow
-        self.state_file = conf_dir / STATE_FILE
+        # aliases, rules, fallbacks (gateway.routing.routing_table), and where njs reads which pools overflow:
+        # nginx's workers read it per request, so it must be where they may read (state_dir; else conf_dir)
+        self.state_file = (state_dir or conf_dir) / STATE_FILE
         self.routing = {**(routing or {}), "state_file": str(self.state_file)}
-        self._state: str | None = None
         # the API keys nginx enforces; re-read on change (None: auth on, no key valid)
         self.keys = keys
         self.conf_dir = conf_dir
@@ -173,8 +176,6 @@ class Gateway:
             atomic_write(self.state_file, text)
         except OSError as e:
             self._error(f"writing {self.state_file.name} failed: {e}")
-            return
-        self._state = text
 
     def _access(self) -> AccessPolicy:
         if self.keys is None:
@@ -287,6 +288,17 @@ def docker_nginx_conf(port: int = 8080, client_max_body_size: str = "1m", worker
     )
 
 
+def _traversable_by_all(path: Path) -> bool:
+    """Every directory from / down to path lets any user through (o+x) and path itself be read (o+r)."""
+    p = path.resolve()
+    try:
+        if not p.stat().st_mode & stat.S_IROTH:
+            return False
+        return all(d.stat().st_mode & stat.S_IXOTH for d in (p, *p.parents))
+    except OSError:
+        return False
+
+
 class LocalNginx:
     """nginx as a child process of `gpufleet up --local`."""
 
@@ -303,6 +315,26 @@ class LocalNginx:
         self.conf = self.conf_dir / "nginx.conf"
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None  # the master: ours, or adopted from a killed predecessor
+        self._state_dir: Path | None = None
+
+    def worker_state_dir(self) -> Path | None:
+        """Where nginx's workers can read the file the autoscaler writes each tick (gateway.routing).
+
+        Started as root, nginx runs its workers as `nobody`, who cannot read a run directory below a
+        private one (/root, pytest's temp root): then a directory of its own, with an unguessable name
+        made by mkdtemp (nothing another user prepared), readable by all (it says only which pools
+        overflow), removed at stop. Otherwise None: the conf directory does."""
+        if os.geteuid() != 0 or _traversable_by_all(self.conf_dir):
+            return None
+        if self._state_dir is None:
+            self._state_dir = Path(tempfile.mkdtemp(prefix="gpufleet-gateway-"))
+            self._state_dir.chmod(0o755)
+        return self._state_dir
+
+    def remove_state_dir(self) -> None:
+        if self._state_dir is not None:
+            shutil.rmtree(self._state_dir, ignore_errors=True)
+            self._state_dir = None
 
     def render_main(self) -> None:
         for d in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):

@@ -39,6 +39,8 @@ class Result:
     bytes: int = 0
     exc: Exception | None = field(default=None, repr=False)
     retries: int = 0  # connection closed before any response byte (nginx reload), retried like openai's client
+    pool: str | None = None  # the simulator with several pools: the pool the request asked for
+    served_by: str | None = None  # ...and the pool that served it (another one: a fallback)
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)

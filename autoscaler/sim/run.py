@@ -21,7 +21,7 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,14 +89,20 @@ def simulate(
     policy: Callable[..., Any] = decide,
     initial_state: Callable[[PoolConfig, int], Any] | None = None,
     duration_s: float | None = None,
+    by_pool: Mapping[str, Sequence[Arrival]] | None = None,
 ) -> SimResult:
-    """Replay `arrivals` (all to one pool: `pool`, default the first) through a simulated fleet.
+    """Replay `arrivals` (all to one pool: `pool`, default the first) through a simulated fleet; or
+    `by_pool`, each pool's own arrivals (then `arrivals` is ignored and each result names its pool).
 
     The fleet starts in the steady state a running stack is in before traffic: min_replicas
-    active and warm_pool.min warm, loaded.
+    active and warm_pool.min warm, loaded. The gateway routes as nginx + gateway.js do: to the
+    request's pool, else along its fallback chain (a pool with nothing routed, or one the last tick
+    found saturated, is passed over; a fallback's max_tokens cap applies), else the activator.
     """
     wall0 = time.perf_counter()
     target = cfg.pool(pool) if pool else cfg.pools[0]
+    if by_pool is None:
+        by_pool = {target.name: arrivals}
     profiles = {p.name: pool_profile(p) for p in cfg.pools}
     ttft_signal = {p.name: any(n == "ttft_p95_s" for n, _ in p.targets.items()) for p in cfg.pools}
     placer = make_placer(cfg.gpus)
@@ -140,8 +146,10 @@ def simulate(
     last_reload = -math.inf
     states: dict[str, PoolState] = {}
 
-    reqs = [SimRequest(i, a.at, a.prompt_tokens, max(1, a.max_tokens), a.stream)
-            for i, a in enumerate(sorted(arrivals, key=lambda a: a.at))]
+    tagged = sorted(((a, pn) for pn, arr in by_pool.items() for a in arr), key=lambda x: x[0].at)
+    reqs = [SimRequest(i, a.at, a.prompt_tokens, max(1, a.max_tokens), a.stream) for i, (a, _) in enumerate(tagged)]
+    asked = {r.i: pn for r, (_, pn) in zip(reqs, tagged, strict=True)}  # request → the pool it asked for
+    served_by: dict[int, str] = {}
     for r in reqs:
         push(r.at, _ARRIVAL, r)
     end = duration_s if duration_s is not None else (reqs[-1].at if reqs else 0.0)
@@ -150,7 +158,8 @@ def simulate(
 
     version: dict[str, int] = {}  # the one wake event of each replica that counts
     # The activator: requests for a pool with no routed replica wait here until one serves (or time out).
-    holding: list[SimRequest] = []
+    holding: dict[str, list[SimRequest]] = {p.name: [] for p in cfg.pools}
+    saturated: dict[str, bool] = {}  # what the gateway's state file says (the last tick's)
 
     def dispatch(r: SimRequest, servers: Sequence[_Node], t: float) -> None:
         best = min(servers, key=lambda n: n.rep.load)  # least_conn; ties: first listed
@@ -164,11 +173,14 @@ def simulate(
             version[rep.id] = version.get(rep.id, 0) + 1
             push(rep.wake_at, _WAKE, (rep, version[rep.id]))
 
+    done_ids: list[int] = []
+
     def finish(batch: list[SimRequest]) -> None:
         nonlocal outstanding
         for r in batch:
             outstanding -= 1
             results.append(_result(r))
+            done_ids.append(r.i)
         batch.clear()
 
     now = 0.0
@@ -184,27 +196,41 @@ def simulate(
             settle(rep, None)
         elif kind == _ARRIVAL:
             r: SimRequest = payload
-            servers = routed.get(target.name) or []
-            prof = profiles[target.name]
+            home = cfg.pool(asked[r.i])
+            chain = [(home.name, None)] + [(f.pool, f.max_tokens) for f in home.fallback]
+            up = [(pn, cap) for pn, cap in chain if routed.get(pn)]
+            pick = next(((pn, cap) for pn, cap in up if not saturated.get(pn)), up[0] if up else None)
+            if pick is None:
+                prof = profiles[home.name]
+                if r.kv_need > min(prof.max_model_len, prof.kv_capacity_tokens):
+                    r.error, r.done = "HTTP 400", now
+                    finish([r])
+                    continue
+                held = holding[home.name]
+                if not cfg.activator.enabled or len(held) >= home.max_held:
+                    r.error, r.done = "HTTP 503", now
+                    finish([r])
+                    continue
+                held.append(r)
+                push(now + home.hold_timeout_s, _EXPIRE, r)
+                if len(held) == 1:
+                    push(now, _TICK, _WOKEN)  # held requests are demand at once
+                continue
+            pn, cap = pick
+            if cap is not None:
+                r.max_tokens = min(r.max_tokens, cap)
+            prof = profiles[pn]
             if r.kv_need > min(prof.max_model_len, prof.kv_capacity_tokens):
                 r.error, r.done = "HTTP 400", now
                 finish([r])
                 continue
-            if not servers:
-                if not cfg.activator.enabled or len(holding) >= target.max_held:
-                    r.error, r.done = "HTTP 503", now
-                    finish([r])
-                    continue
-                holding.append(r)
-                push(now + target.hold_timeout_s, _EXPIRE, r)
-                if len(holding) == 1:
-                    push(now, _TICK, _WOKEN)  # held requests are demand at once
-                continue
-            dispatch(r, servers, now)
+            served_by[r.i] = pn
+            dispatch(r, routed[pn], now)
         elif kind == _EXPIRE:
             r = payload
-            if r in holding:
-                holding.remove(r)
+            held = holding[asked[r.i]]
+            if r in held:
+                held.remove(r)
                 r.error, r.done = "HTTP 503 hold timeout", now
                 finish([r])
         elif kind == _ROUTES:
@@ -223,9 +249,10 @@ def simulate(
                     n.samples.append(n.rep.sample(now, ttft_signal[n.pool]))
             snap = Snapshot(now=now, replicas=tuple(_obs(n, now) for n in nodes.values()), gpus=gpus,
                             routed=routed_ids, gateway_pending=pending is not None,
-                            held={target.name: len(holding)})
+                            held={pn: len(h) for pn, h in holding.items() if h})
             out = reconcile(cfg, snap, states, now, policy, initial_state)
             states = dict(out.states)
+            saturated = out.saturated
             for e in out.events:
                 events.append({"t": now, "kind": e.kind, "pool": e.pool, **e.detail})
             for a in out.actions:
@@ -255,13 +282,16 @@ def simulate(
                 kind_name = "ready" if a.kind == "promote" else a.kind
                 events.append({"t": now, "kind": kind_name, "pool": a.pool, "replica": a.replica,
                                "reason": a.reason, **a.detail})
-            if holding:  # the activator forwards to a ready replica at once, before nginx reloads
-                by_up = {n.upstream: n for n in nodes.values() if not n.stopping}
-                ready = [by_up[u] for pr in out.routes if pr.name == target.name for u in pr.servers if u in by_up]
+            # the activator forwards to a ready replica at once, before nginx reloads
+            by_up = {n.upstream: n for n in nodes.values() if not n.stopping}
+            for pr in out.routes:
+                held = holding.get(pr.name)
+                ready = [by_up[u] for u in pr.servers if u in by_up] if held else []
                 if ready:
-                    for r in holding:
+                    for r in held:
+                        served_by[r.i] = pr.name
                         dispatch(r, ready, now)
-                    holding.clear()
+                    held.clear()
             if out.routes != requested:
                 requested = out.routes
                 pending = out.routes
@@ -274,6 +304,9 @@ def simulate(
             timeline.append((now, _status(cfg, nodes, states, now, tick, events)))
             if outstanding > 0 or now + cfg.tick_s <= end + cfg.tick_s:
                 push(now + cfg.tick_s, _TICK, tick + 1)
+    if len(by_pool) > 1 or any(pn != target.name for pn in by_pool):
+        for res, i in zip(results, done_ids, strict=True):
+            res.pool, res.served_by = asked[i], served_by.get(i)
     return SimResult(name, sorted(results, key=lambda r: r.at), timeline, events, now,
                      time.perf_counter() - wall0, target.name)
 
@@ -310,6 +343,9 @@ def _status(cfg: FleetConfig, nodes: dict[str, _Node], states: dict[str, PoolSta
             "panic": d.panic if d else False,
             "reason": d.reason if d else None,
             "no_capacity": st.no_capacity if st else None,
+            "priority": p.priority,
+            "unmet": st.unmet if st else 0,
+            "saturated": st.saturation.saturated if st else False,
             "signals": None if sig is None else {
                 "ready": sig.ready, "running": sig.running, "waiting": sig.waiting,
                 "kv_cache_usage": round(sig.kv_usage, 4), "ttft_p95_s": sig.ttft_p95_s,

@@ -285,3 +285,29 @@ def test_simulated_hold_timeout_is_a_503():
                    duration_s=30)
     (r,) = sim.results
     assert not r.ok and "hold timeout" in (r.error or "")
+
+
+def test_several_pools_share_the_simulated_host_by_priority_and_a_saturated_pool_overflows_capped():
+    """by_pool: each pool its own arrivals; the same reconcile reclaims GPUs for the higher-priority pool,
+    and the simulated gateway overflows a saturated pool to its fallback with the max_tokens cap."""
+    quick = {"profile": "tiny", "load_time_s": 2.0, "max_num_seqs": 2}
+    cfg = parse_config({"gpus": {"source": "none", "virtual_slots": 3}, "pools": [
+        {"name": "low", "model": "l", "gpus_per_replica": 1, "priority": 0, "min_replicas": 1, "max_replicas": 2,
+         "warm_pool": {"min": 0, "max": 0}, "targets": {"concurrency": 2}, "sim": quick},
+        {"name": "high", "model": "h", "gpus_per_replica": 1, "priority": 10, "min_replicas": 1, "max_replicas": 3,
+         "warm_pool": {"min": 0, "max": 0}, "targets": {"concurrency": 2}, "sim": quick,
+         "saturation": {"waiting_per_replica": 2, "hold_s": 1}, "fallback": [{"pool": "low", "max_tokens": 4}]},
+    ]})
+    low = constant_rate(6.0, 0, 90, max_tokens=20)  # enough for two replicas: it holds the free GPU
+    high = constant_rate(1.0, 0, 20, max_tokens=20) + constant_rate(10.0, 20, 40, max_tokens=20)
+    sim = simulate(cfg, [], by_pool={"low": low, "high": high}, duration_s=90)
+    assert {r.pool for r in sim.results} == {"low", "high"} and len(sim.results) == len(low) + len(high)
+    reclaims = [e for e in sim.events if e["kind"] == "reclaim"]
+    assert reclaims and all(e["pool"] == "high" and e["from_pool"] == "low" for e in reclaims)
+    over = [r for r in sim.results if r.pool == "high" and r.served_by == "low"]
+    assert over and all(r.tokens <= 4 for r in over if r.ok), "overflow, capped"
+    assert max(sum(1 for x in st["pools"]["high"]["replicas"] if x["role"] == "active")
+               for _, st in sim.timeline) == 2, "all 3 GPUs but the one low is guaranteed"
+    assert min(sum(1 for x in st["pools"]["low"]["replicas"] if x["role"] == "active")
+               for _, st in sim.timeline) >= 1, "never below its minimum"
+    assert all(r.ok for r in sim.results if r.pool == "low"), "a drain cuts no request"
