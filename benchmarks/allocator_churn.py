@@ -5,6 +5,11 @@ replayed against each allocator. Multi-GPU requests need NVLink between every
 pair (tensor parallel over PCIe is refused by policy). We count requests
 refused while at least k GPUs were free — capacity lost to fragmentation.
 
+"gpufleet + moves" is the live loop's answer to such a refusal (autoscaler.arbiter.find_move,
+the same function): re-place one smaller replica outside the set the request needs, when it
+fits elsewhere. Each move is one replica restarted (started elsewhere first, then drained):
+the churn it costs is counted.
+
     python -m benchmarks.allocator_churn [--seeds 20] [--steps 2000]
 """
 
@@ -16,7 +21,10 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+from autoscaler.arbiter import Candidate, PoolShare, find_move
 from autoscaler.gpus.allocator import Allocation, Request, allocate, first_fit
+from autoscaler.gpus.placement import choose_gpus
+from autoscaler.gpus.slots import Placement
 from autoscaler.gpus.topology import Gpu, Link, LinkKind, Topology, load_topology_file
 
 FIX = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "topology"
@@ -65,10 +73,37 @@ def events(seed: int, steps: int) -> list[tuple[str, int, int]]:
 Alloc = Callable[[Topology, Request, set[int]], Allocation | None]
 
 
-def replay(topo: Topology, alloc: Alloc, evs: list[tuple[str, int, int]]) -> dict[str, float]:
+def _move(topo: Topology, held: dict[int, tuple[int, ...]], used: set[int], k: int) -> bool:
+    """One fragmentation move for a k-GPU request, as reconcile makes it; True if one was made."""
+    ids = {g.index: g.id for g in topo.gpus}
+    index = {v: i for i, v in ids.items()}
+    size = {rid: len(gs) for rid, gs in held.items()}
+
+    def place(kk: int, blocked: set[str]) -> Placement | None:
+        return choose_gpus(topo, blocked, kk, min_link=LinkKind.NVLINK if kk > 1 else None)
+
+    cands = [Candidate(str(rid), f"k{len(gs)}", "active", tuple(ids[g] for g in gs), 0.0, float(rid))
+             for rid, gs in held.items()]
+    shares = {f"k{n}": PoolShare(1, 1, 0, 0) for n in (1, 2, 4, 8)} | {"need": PoolShare(0, 1, 0, 0)}
+    blocked = {ids[g] for g in used}
+    found = find_move("need", shares, cands, blocked, lambda b: place(k, b),
+                      lambda pool, b: place(int(pool[1:]), b), k)
+    if found is None:
+        return False
+    victim, target = found
+    rid = int(victim.id)
+    new = place(size[rid], blocked | set(target.gpus))
+    assert new is not None  # find_move checked it
+    used.difference_update(held[rid])
+    held[rid] = tuple(index[g] for g in new.gpus)
+    used.update(held[rid])
+    return True
+
+
+def replay(topo: Topology, alloc: Alloc, evs: list[tuple[str, int, int]], moves: bool = False) -> dict[str, float]:
     held: dict[int, tuple[int, ...]] = {}
     used: set[int] = set()
-    asked = refused = refused_with_room = 0
+    asked = refused = refused_with_room = moved = granted = 0
     # a request no set of this host can ever satisfy is not fragmentation
     feasible = {k: alloc(topo, Request(k=k, min_link=LinkKind.NVLINK if k > 1 else None), set()) is not None
                 for k in (1, 2, 4)}
@@ -80,6 +115,12 @@ def replay(topo: Topology, alloc: Alloc, evs: list[tuple[str, int, int]]) -> dic
         asked += 1
         req = Request(k=k, min_link=LinkKind.NVLINK if k > 1 else None)
         a = alloc(topo, req, used)
+        # moves: one at a time, while a fit exists and each move brings one nearer (bounded by the host)
+        while a is None and moves and k > 1 and topo.n - len(used) >= k and moved < 10**6:
+            if not _move(topo, held, used, k):
+                break
+            moved += 1
+            a = alloc(topo, req, used)
         if a is None:
             refused += 1
             if feasible[k] and topo.n - len(used) >= k:
@@ -87,7 +128,9 @@ def replay(topo: Topology, alloc: Alloc, evs: list[tuple[str, int, int]]) -> dic
             continue
         held[rid] = a.gpus
         used.update(a.gpus)
-    return {"requests": asked, "refused": refused, "refused_with_room": refused_with_room}
+        granted += k
+    return {"requests": asked, "refused": refused, "refused_with_room": refused_with_room, "moves": moved,
+            "gpus_granted": granted}
 
 
 
@@ -102,25 +145,27 @@ def main() -> None:
         "bridged-pairs": bridged_pairs(),
         "hgx-8xa100-nvswitch": load_topology_file(FIX / "hgx-8xa100-sxm4-nv12-aws-p4d.txt"),
     }
-    algos: dict[str, Alloc] = {
-        "gpufleet": lambda t, r, u: allocate(t, r, u),
-        "first-fit": lambda t, r, u: first_fit(t, r, u),
+    algos: dict[str, tuple[Alloc, bool]] = {
+        "gpufleet": (lambda t, r, u: allocate(t, r, u), False),
+        "gpufleet + moves": (lambda t, r, u: allocate(t, r, u), True),
+        "first-fit": (lambda t, r, u: first_fit(t, r, u), False),
     }
     results = {}
     print(f"{args.seeds} seeds x {args.steps} events; k in {{1,2,4}} (weights .5/.3/.2), k>1 needs NVLink\n")
-    print("| topology | allocator | requests | refused | refused while >= k GPUs free (and a fit exists) |")
-    print("| --- | --- | ---: | ---: | ---: |")
+    print("| topology | allocator | requests | refused | refused while >= k GPUs free (and a fit exists) "
+          "| GPUs granted | moves (replica restarts) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for tname, topo in topos.items():
-        for aname, fn in algos.items():
-            tot = {"requests": 0, "refused": 0, "refused_with_room": 0}
+        for aname, (fn, moves) in algos.items():
+            tot = {"requests": 0, "refused": 0, "refused_with_room": 0, "moves": 0, "gpus_granted": 0}
             for seed in range(args.seeds):
-                r = replay(topo, fn, events(seed, args.steps))
+                r = replay(topo, fn, events(seed, args.steps), moves=moves)
                 for key in tot:
                     tot[key] += int(r[key])
             results[f"{tname}/{aname}"] = tot
             pct = 100 * tot["refused_with_room"] / tot["requests"]
             print(f"| {tname} | {aname} | {tot['requests']} | {tot['refused']} | "
-                  f"{tot['refused_with_room']} ({pct:.1f} %) |")
+                  f"{tot['refused_with_room']} ({pct:.1f} %) | {tot['gpus_granted']} | {tot['moves']} |", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -69,7 +69,7 @@ class ComposeStack:
             # not the default (1m): the Docker gateway must take it from here, not from its image
             "gateway": {"client_max_body_size": "3m"},
             "pools": [{
-                "name": "chat", "model": "tiny-chat", "engine": "sim",
+                "name": "chat", "model": "tiny-chat", "aliases": ["tiny-alias"], "engine": "sim",
                 "sim": {"profile": "tiny", "load_time_s": 3, "max_num_seqs": 4, "step_base_s": 0.05,
                         "step_per_seq_s": 0.0},
                 "gpus_per_replica": 1, "min_replicas": 1, "max_replicas": 4,

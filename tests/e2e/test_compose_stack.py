@@ -34,9 +34,17 @@ def _assert_no_failures(results: list[Result]) -> None:
 def test_openai_client_through_the_compose_gateway(compose_stack):
     # the key the stack made on first start, read where a user would: `docker compose exec autoscaler cat ...`
     c = openai.OpenAI(base_url=f"{compose_stack.url}/v1", api_key=compose_stack.api_key, max_retries=0)
-    assert [m.id for m in c.models.list().data] == ["tiny-chat"]
+    assert sorted(m.id for m in c.models.list().data) == ["tiny-alias", "tiny-chat"]
     r = c.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
     assert r.usage.completion_tokens == 5
+    # an alias: the Docker gateway rewrites the body (proxy_set_body) and says so
+    raw = c.chat.completions.with_raw_response.create(model="tiny-alias", messages=[{"role": "user", "content": "a"}],
+                                                       max_tokens=3)
+    assert raw.parse().model == "tiny-chat" and raw.headers["x-gpufleet-route"] == "pool=chat; reason=alias"
+    # the file the autoscaler (nobody) rewrites each tick, read by the gateway's own user (www-data), as njs does
+    state = compose_stack.compose("exec", "-T", "gateway", "sh", "-c",
+                                  "id -un; cat /etc/nginx/gpufleet/pool-state.json").stdout.split("\n", 1)
+    assert state[0] == "www-data" and '"saturated": []' in state[1], state
     chunks = list(c.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "x"}],
                                             max_tokens=5, stream=True, stream_options={"include_usage": True}))
     assert chunks[-1].usage.completion_tokens == 5
