@@ -87,6 +87,24 @@ def _validate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     print(f"{args.config or 'built-in default'}: OK, pools: "
           + ", ".join(f"{p.name} ({p.model})" for p in cfg.pools))
+    if len(cfg.pools) > 1 or cfg.routing.rules or any(p.aliases or p.fallback for p in cfg.pools):
+        for p in sorted(cfg.pools, key=lambda p: -p.priority):  # what a user of several pools wants to see
+            parts = [f"priority {p.priority}", f"{p.min_replicas}-{p.max_replicas} x {p.gpus_per_replica} GPU"]
+            if p.aliases:
+                parts.append("aliases " + ", ".join(p.aliases))
+            if p.fallback:
+                when = "no replica" + (f" or {p.saturation.waiting_per_replica:g} waiting/replica"
+                                       if p.saturation else "")
+                parts.append(f"falls back ({when}) to " + ", ".join(
+                    f.pool + (f" (max_tokens {f.max_tokens})" if f.max_tokens else "") for f in p.fallback))
+            print(f"  pool {p.name}: " + "; ".join(parts))
+        for r in cfg.routing.rules:
+            m = r.match
+            conds = [f"{k} {', '.join(v)}" for k, v in (("models", m.models), ("tiers", m.tiers)) if v]
+            conds += [f"header {h}={v}" for h, v in m.headers.items()]
+            conds += [f"prompt > {m.prompt_tokens_over} tokens"] if m.prompt_tokens_over is not None else []
+            conds += [f"prompt < {m.prompt_tokens_under} tokens"] if m.prompt_tokens_under is not None else []
+            print(f"  rule {r.name}: {' and '.join(conds)} -> pool {r.pool}")
     return 0
 
 

@@ -36,7 +36,7 @@ def test_saturation_overflows_capped_then_stops_when_the_pool_caught_up(local_st
         wait_for(lambda: not stack.pool("large")["saturated"], 20, "saturation over")
         caught_up = time.monotonic() + 3  # the reload and the last overflowed answers
         time.sleep(8)
-        after = load.since(caught_up)
+    after = load.since(caught_up)  # every request sent since, answered
     assert len(after) >= 10, "the clients kept sending"
     assert {a.model for a in after} == {"big-chat"}, [a.route for a in after if a.model != "big-chat"][:5]
     errors = [a.error for a in load.answers if a.error]
@@ -57,8 +57,9 @@ def test_a_frozen_autoscaler_does_not_keep_the_gateway_overflowing(local_stack):
             time.sleep(11)  # past the gateway's 10 s staleness bound
             t = time.monotonic()
             time.sleep(4)
-            during = load.since(t + 1)
         finally:
             os.kill(stack.proc.pid, signal.SIGCONT)
+    # requests sent while the file was stale (routed then; answered whenever the queue let them)
+    during = [a for a in load.answers if t <= a.at <= t + 4]
     assert during and {a.model for a in during} == {"big-chat"}, [a.route for a in during][:5]
     assert not [a.error for a in load.answers if a.error]

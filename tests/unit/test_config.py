@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -39,6 +40,31 @@ def test_default_config_is_valid_and_cpu_only():
          "gateway.client_max_body_size"),
         ({"gateway": {"listen": "0.0.0.0:80; x"}, "pools": [{"name": "a", "model": "m"}]}, "gateway.listen"),
         ({"admin": {"host": "my host"}, "pools": [{"name": "a", "model": "m"}]}, "admin.host"),
+        # several models on one host
+        ({"pools": [{"name": "a", "model": "m", "aliases": ["n"]}, {"name": "b", "model": "n"}]},
+         "pool 'a': alias 'n' is already the model or an alias of pool 'b'"),
+        ({"pools": [{"name": "a", "model": "m", "aliases": ["x"]}, {"name": "b", "model": "n", "aliases": ["x"]}]},
+         "pool 'b': alias 'x'"),
+        ({"pools": [{"name": "a", "model": "m", "aliases": [" x"]}]}, "pools[0].aliases"),
+        ({"pools": [{"name": "a", "model": "m", "saturation": {"waiting_per_replica": 4}}]},
+         "saturation needs a fallback"),
+        ({"pools": [{"name": "a", "model": "m", "fallback": [{"pool": "b", "max_tokens": 0}]},
+                    {"name": "b", "model": "n"}]}, "pools[0].fallback[0].max_tokens"),
+        ({"pools": [{"name": "a", "model": "m", "fallback": ["b"],
+                     "saturation": {"waiting_per_replica": 2, "clear_below": 3}}, {"name": "b", "model": "n"}]},
+         "clear_below (3.0) must be <= waiting_per_replica (2.0)"),
+        ({"pools": [{"name": "a", "model": "m", "priority": 10**6}]}, "pools[0].priority"),
+        ({"routing": {"rules": [{"name": "r", "match": {"tiers": ["p"]}, "pool": "zz"}]},
+          "pools": [{"name": "a", "model": "m"}]}, "routing.rules[0] (r): pool 'zz' is not a pool"),
+        ({"routing": {"rules": [{"name": "r", "match": {"models": ["nope"]}, "pool": "a"}]},
+          "pools": [{"name": "a", "model": "m"}]}, "model 'nope' is no pool's model or alias"),
+        ({"routing": {"rules": [{"name": "r", "match": {}, "pool": "a"}]}, "pools": [{"name": "a", "model": "m"}]},
+         "a rule matches on at least one of"),
+        ({"routing": {"rules": [{"name": "r", "match": {"headers": {"X Bad": "1"}}, "pool": "a"}]},
+          "pools": [{"name": "a", "model": "m"}]}, "routing.rules[0].match.headers"),
+        ({"routing": {"rules": [{"name": "r", "match": {"tiers": ["p"]}, "pool": "a"},
+                                {"name": "r", "match": {"tiers": ["q"]}, "pool": "a"}]},
+          "pools": [{"name": "a", "model": "m"}]}, "rule names must be unique"),
     ],
 )
 def test_bad_config_names_the_field(data, needle):
@@ -104,3 +130,44 @@ def test_files_a_config_names_are_checked_and_odd_bytes_are_one_line(tmp_path, c
     r = subprocess.run([sys.executable, "-m", "autoscaler.cli", "validate", str(f)], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr and needle in r.stderr, r.stderr
+
+
+def test_the_fleet_yaml_shown_in_the_readme_is_valid():
+    """README's fleet.yaml reference is what users copy: it must validate as shown."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parent.parent.parent / "README.md").read_text()
+    section = readme.split("## fleet.yaml", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block is not None
+    cfg = parse_config(yaml.safe_load(block.group(1)), "README.md")
+    assert cfg.pools and cfg.routing.rules, "the reference shows the routing rules"
+
+
+def test_fallback_short_and_long_forms_and_the_routing_table():
+    from autoscaler.gateway.routing import routing_table
+
+    cfg = parse_config({"pools": [
+        {"name": "a", "model": "m", "aliases": ["chat"], "fallback": ["b", {"pool": "c", "max_tokens": 64}]},
+        {"name": "b", "model": "n"}, {"name": "c", "model": "o"}],
+        "routing": {"rules": [{"name": "t", "match": {"models": ["chat"], "headers": {"X-Tier": "gold"},
+                                                       "prompt_tokens_over": 100}, "pool": "b"}]}})
+    assert cfg.pool("a").fallback_pools == ("b", "c")
+    t = routing_table(cfg)
+    assert t["routes"] == {"m": "a", "chat": "a", "n": "b", "o": "c"}
+    assert t["fallback"] == {"a": [{"pool": "b", "max_tokens": None}, {"pool": "c", "max_tokens": 64}]}
+    assert t["rules"] == [{"name": "t", "pool": "b", "models": ["chat"], "tiers": [], "headers": {"x-tier": "gold"},
+                           "over": 100, "under": None}], "header names compared as njs sees them: lower case"
+
+
+def test_validate_says_what_it_understood_of_a_multi_model_fleet():
+    root = Path(__file__).resolve().parent.parent.parent
+    r = subprocess.run([sys.executable, "-m", "autoscaler.cli", "validate", str(root / "examples/multi-model.yaml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[1].startswith("  pool large: priority 100") and "to small (max_tokens 256)" in lines[1]
+    assert "  rule batch-by-header: header x-workload=batch -> pool batch" in lines
