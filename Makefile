@@ -71,6 +71,7 @@ up-local: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.gateway
 	$(PY) -m benchmarks.allocator_churn
+	$(PY) -m benchmarks.multi_model
 
 clean:
 	rm -rf run reports .pytest_cache
