@@ -63,12 +63,19 @@ class Candidate:
 
 @dataclass(frozen=True)
 class PoolShare:
-    """How much of its demand a pool has: serving or about to (active + active-bound starts)."""
+    """How much of its demand a pool has: `have` counts what serves or is about to (active + active-bound
+    starts), `serving` only what serves now (active and ready): a pool gives up only what leaves it at
+    least its minimum *serving*, never counting a replica that is still loading."""
 
     have: int
     desired: int
     min_replicas: int
     priority: int
+    serving: int | None = None  # None: as `have`
+
+    @property
+    def serves(self) -> int:
+        return self.have if self.serving is None else self.serving
 
 
 Place = Callable[[set[str]], Placement | None]  # blocked GPUs → a placement for the needing pool
@@ -83,7 +90,7 @@ def may_take(p: PoolShare, q: PoolShare, c: Candidate, taken_from_q: int, given_
     below_min = p.have + given_to_p < p.min_replicas
     if _spare(c):
         return q.priority <= p.priority or below_min
-    q_left = q.have - taken_from_q
+    q_left = q.serves - taken_from_q
     if q_left - 1 < q.min_replicas:
         return False
     if q.priority < p.priority or below_min:

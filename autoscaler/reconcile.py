@@ -311,7 +311,8 @@ def reconcile(
 
     # 4. The policy and the plan, pool by pool, highest priority first (it places first); GPUs held by
     # anything observed stay held.
-    tick = _Tick(cfg, snap, now, live, work, claims, {g for r in snap.replicas for g in r.gpus}, fleet_sizes(cfg))
+    tick = _Tick(cfg, snap, now, live, dict(work), claims, {g for r in snap.replicas for g in r.gpus},
+                 fleet_sizes(cfg))
     new_states = dict(states)
     for p in sorted(cfg.pools, key=lambda p: -p.priority):
         try:
@@ -388,12 +389,13 @@ class _Tick:
         for q in self.cfg.pools:
             rs = [r for r in self.live.values() if r.pool == q.name]
             have = sum(1 for r in rs if r.role == "active" or (r.role == "starting" and r.target_role == "active"))
+            serving = sum(1 for r in rs if r.role == "active" and r.ready and r.id not in self.claims)
             if q.name == p.name:
-                out[q.name] = PoolShare(have, d.desired_active, q.min_replicas, q.priority)
+                out[q.name] = PoolShare(have, d.desired_active, q.min_replicas, q.priority, serving)
                 continue
             st = self.states.get(q.name)
             desired = st.decision.desired_active if st and st.decision else q.min_replicas
-            out[q.name] = PoolShare(have, desired, q.min_replicas, q.priority)
+            out[q.name] = PoolShare(have, desired, q.min_replicas, q.priority, serving)
         return out
 
     def candidates(self) -> list[Candidate]:
