@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from autoscaler.config import ConfigError, load_config
 
@@ -170,8 +171,7 @@ def _gpus(args: argparse.Namespace) -> int:
 def _scale_test(args: argparse.Namespace) -> int:
     import importlib.util
 
-    from autoscaler.scaletest.report import format_summary
-    from autoscaler.scaletest.runner import NoStack, Run, execute, write_report
+    from autoscaler.scaletest.runner import NoStack, Run, execute, format_any, write_report
     from autoscaler.scaletest.scenario import load_scenario
 
     if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
@@ -193,8 +193,8 @@ def _scale_test(args: argparse.Namespace) -> int:
         return 2
     out = args.out or Path("reports") / f"{sc.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     write_report(run, summary, out, plot=not args.no_plot)
-    print(format_summary(summary))
-    print(f"report: {out}/report.json" + ("" if args.no_plot else f"  {out}/timeline.png"))
+    print(format_any(summary))
+    print(f"report: {out}/report.json" + ("" if args.no_plot else f"  {out}/timeline*.png"))
     return 0 if summary["slo_met"] else 1
 
 
@@ -236,8 +236,10 @@ def _simulate(args: argparse.Namespace) -> int:
         sc = sc.model_copy(update={"duration_s": args.duration})
     if args.pool is not None and args.pool not in {p.name for p in cfg.pools}:
         raise ConfigError(f"--pool {args.pool!r}: no such pool (pools: {', '.join(p.name for p in cfg.pools)})")
-    arr = arrivals(sc, base)
     out = args.out or Path("reports") / f"sim-{sc.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if sc.streams:
+        return _simulate_streams(cfg, sc, base, out, args)
+    arr = arrivals(sc, base)
     out.mkdir(parents=True, exist_ok=True)
     if args.compare:
         res = compare(cfg, sc, arr, pool=args.pool)
@@ -260,6 +262,45 @@ def _simulate(args: argparse.Namespace) -> int:
     write_report(run, summary, out)
     print(format_summary(summary))
     print(f"simulated {len(arr)} requests in {sim.wall_s:.2f} s; report: {out}/report.json  {out}/timeline.png")
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=1))
+    return 0 if summary["slo_met"] else 1
+
+
+def _simulate_streams(cfg: Any, sc: Any, base: Path, out: Path, args: argparse.Namespace) -> int:
+    """A scenario of several models through the simulated fleet: each stream to the pool serving its model."""
+    import json
+
+    from autoscaler.gateway.routing import routing_table
+    from autoscaler.scaletest.report import summarize
+    from autoscaler.scaletest.runner import Run, format_any, write_report
+    from autoscaler.scaletest.scenario import arrivals
+    from autoscaler.sim.run import simulate
+
+    if args.compare:
+        raise ConfigError(f"scenario {sc.name}: --compare runs one pool's traffic against the baselines; "
+                          "a scenario of several streams runs without it")
+    routes = routing_table(cfg)["routes"]
+    subs = [sc.stream(i) for i in range(len(sc.streams))]
+    missing = [s.model for s in subs if s.model not in routes]
+    if missing:
+        raise ConfigError(f"scenario {sc.name}: no pool serves {', '.join(missing)} (models: {', '.join(routes)})")
+    by_pool = {routes[s.model]: arrivals(s, base) for s in subs}
+    sim = simulate(cfg, [], by_pool=by_pool, duration_s=sc.duration_s)
+    streams = {}
+    for s in subs:
+        pool = routes[s.model]
+        mine = [r for r in sim.results if r.pool == pool]
+        streams[pool] = summarize(s, mine, sim.timeline, 0.0, sim.end_s, pool,
+                                  {"model": s.model, "started_at": 0.0, "scheduled": len(by_pool[pool]),
+                                   "simulated": True})
+    summary = {"scenario": sc.name, "pool": None, "started_at": 0.0, "streams": streams,
+               "requests": sum(x["requests"] for x in streams.values()),
+               "slo_met": all(x["slo_met"] for x in streams.values()), "sim_wall_s": round(sim.wall_s, 3)}
+    write_report(Run(sc, "simulated", "simulated", timeline=sim.timeline, results=sim.results), summary, out)
+    print(format_any(summary))
+    print(f"simulated {summary['requests']} requests in {sim.wall_s:.2f} s; report: {out}/report.json  "
+          f"{out}/timeline-*.png")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1))
     return 0 if summary["slo_met"] else 1

@@ -78,7 +78,7 @@ async def _poll(run: Run, stop: asyncio.Event, interval: float = 0.5) -> None:
                 await asyncio.wait_for(stop.wait(), interval)
 
 
-async def _progress(run: Run, t0: float, sched: list[float], pool: str, stop: asyncio.Event) -> None:
+async def _progress(run: Run, t0: float, sched: list[float], pools: list[str], stop: asyncio.Event) -> None:
     tty = run.out.isatty()
     n = 0
     while not stop.is_set():
@@ -91,25 +91,36 @@ async def _progress(run: Run, t0: float, sched: list[float], pool: str, stop: as
         last = sum(1 for a in sched if el - 1 < a <= el)
         done = len(run.results)
         errs = sum(1 for r in run.results if not r.ok)
-        roles = role_counts(run.timeline[-1][1], pool) if run.timeline else {}
+        shown = []
+        for pool in pools:
+            roles = role_counts(run.timeline[-1][1], pool) if run.timeline else {}
+            counts = " ".join(f"{k}={v}" for k, v in roles.items())
+            shown.append(f"{pool}: {counts}" if len(pools) > 1 else counts)
         line = (f"\r[{el:6.1f}/{run.sc.duration_s:.0f}s] offered {last:3d} req/s  in flight {sent - done:4d}  "
-                f"done {done:5d}  errors {errs:3d}  replicas " + " ".join(f"{k}={v}" for k, v in roles.items()))
+                f"done {done:5d}  errors {errs:3d}  replicas " + "  ".join(shown))
         print(line if tty else line.lstrip("\r"), end="" if tty else "\n", file=run.out, flush=True)
     if tty:
         print(file=run.out)
 
 
-async def execute(run: Run, base_dir: Path) -> dict[str, Any]:
-    models, status = preflight(run.url, run.admin, run.headers, run.api_key)
-    model = run.sc.model or models[0]
+def _pool_of(model: str, models: list[str], status: dict[str, Any]) -> str:
     pool = next((n for n, p in status["pools"].items() if p["model"] == model), None)
     if pool is None:
         raise NoStack(f"model {model!r} is not served by this stack (it serves: {', '.join(models)})")
+    return pool
+
+
+async def execute(run: Run, base_dir: Path) -> dict[str, Any]:
+    models, status = preflight(run.url, run.admin, run.headers, run.api_key)
+    if run.sc.streams:
+        return await _execute_streams(run, base_dir, models, status)
+    model = run.sc.model or models[0]
+    pool = _pool_of(model, models, status)
     sched = arrivals(run.sc, base_dir)
     stop = asyncio.Event()
     t0 = time.time()
     poller = asyncio.create_task(_poll(run, stop))
-    progress = asyncio.create_task(_progress(run, t0, [a.at for a in sched], pool, stop))
+    progress = asyncio.create_task(_progress(run, t0, [a.at for a in sched], [pool], stop))
     results = await run_open_loop(run.url, model, sched, max_in_flight=run.sc.max_in_flight,
                                   on_result=run.results.append, api_key=run.api_key)
     t_end = time.time()
@@ -124,6 +135,39 @@ async def execute(run: Run, base_dir: Path) -> dict[str, Any]:
                           "max_prompt_tokens": run.sc.max_prompt_tokens,
                           "max_output_tokens": run.sc.max_output_tokens}
     return summarize(run.sc, results, run.timeline, t0, t_end, pool, extra)
+
+
+async def _execute_streams(run: Run, base_dir: Path, models: list[str], status: dict[str, Any]) -> dict[str, Any]:
+    """Several models at once: each stream its own open loop; a summary per pool, SLOs met only if all are."""
+    subs = [run.sc.stream(i) for i in range(len(run.sc.streams))]
+    pools = [_pool_of(s.model or "", models, status) for s in subs]
+    scheds = [arrivals(s, base_dir) for s in subs]
+    per: list[list[Result]] = [[] for _ in subs]
+    stop = asyncio.Event()
+    t0 = time.time()
+    poller = asyncio.create_task(_poll(run, stop))
+    progress = asyncio.create_task(_progress(run, t0, sorted(a.at for sc in scheds for a in sc), pools, stop))
+
+    def sink(i: int) -> Any:
+        def add(r: Result) -> None:
+            r.pool = pools[i]
+            per[i].append(r)
+            run.results.append(r)
+        return add
+
+    await asyncio.gather(*(run_open_loop(run.url, s.model or "", sched, max_in_flight=s.max_in_flight,
+                                         on_result=sink(i), api_key=run.api_key)
+                           for i, (s, sched) in enumerate(zip(subs, scheds, strict=True))))
+    t_end = time.time()
+    await asyncio.sleep(1.0)
+    stop.set()
+    await asyncio.gather(poller, progress)
+    streams = {pool: summarize(s, per[i], run.timeline, t0, t_end, pool,
+                               {"model": s.model, "started_at": t0, "scheduled": len(scheds[i])})
+               for i, (s, pool) in enumerate(zip(subs, pools, strict=True))}
+    return {"scenario": run.sc.name, "pool": None, "started_at": t0, "streams": streams,
+            "requests": sum(x["requests"] for x in streams.values()),
+            "slo_met": all(x["slo_met"] for x in streams.values())}
 
 
 def compact_timeline(timeline: list[tuple[float, dict[str, Any]]], t0: float) -> list[dict[str, Any]]:
@@ -159,8 +203,22 @@ def write_report(run: Run, summary: dict[str, Any], out_dir: Path, plot: bool = 
         "requests": [{**r.to_dict(), "sent": round(r.sent - t0, 4)} for r in run.results],
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
-    text = format_summary(summary)
+    text = format_any(summary)
     (out_dir / "summary.txt").write_text(text + "\n")
-    if plot:
-        plot_timeline(out_dir / "timeline.png", run.results, run.timeline, t0, summary["pool"],
-                      f"gpufleet scale-test: {run.sc.name} ({summary['requests']} requests)")
+    if not plot:
+        return
+    if "streams" in summary:  # one timeline per pool
+        for pool, s in summary["streams"].items():
+            mine = [r for r in run.results if r.pool == pool]
+            plot_timeline(out_dir / f"timeline-{pool}.png", mine, run.timeline, t0, pool,
+                          f"gpufleet scale-test: {run.sc.name}, pool {pool} ({s['requests']} requests)")
+        return
+    plot_timeline(out_dir / "timeline.png", run.results, run.timeline, t0, summary["pool"],
+                  f"gpufleet scale-test: {run.sc.name} ({summary['requests']} requests)")
+
+
+def format_any(summary: dict[str, Any]) -> str:
+    """One summary, or one per pool for a scenario of several streams."""
+    if "streams" in summary:
+        return "\n\n".join(format_summary(s) for s in summary["streams"].values())
+    return format_summary(summary)

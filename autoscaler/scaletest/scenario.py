@@ -3,7 +3,10 @@
 A scenario is a traffic profile (step, ramp, sine, spike, or trace replay),
 request shapes (prompt/output length distributions, streaming share), a
 client concurrency cap and SLOs. `arrivals()` turns it into an open-loop
-schedule: pure, seeded, the same every time.
+schedule: pure, seeded, the same every time. A scenario of several models has
+`streams` instead of one profile: each its model and profile (its lengths too,
+if it says so), all running at once; `Scenario.stream(i)` is stream i as a
+scenario of its own.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from autoscaler.config import ConfigError, _field_path
 from autoscaler.scaletest.loadgen import Arrival
@@ -94,11 +97,23 @@ class Slo(_S):
     e2e_p95_s: float | None = Field(default=None, gt=0)
 
 
+class Stream(_S):
+    """One model's traffic in a scenario of several: what it does not say, it takes from the scenario."""
+
+    model: str = Field(min_length=1)
+    profile: Profile
+    prompt_tokens: Lengths | None = None
+    output_tokens: Lengths | None = None
+    stream_share: float | None = Field(default=None, ge=0, le=1)
+    slo: Slo | None = None  # e.g. batch work: done within minutes, whatever its first token
+
+
 class Scenario(_S):
     name: str
     description: str = ""
     duration_s: float = Field(gt=0, le=7200)
-    profile: Profile
+    profile: Profile | None = None  # one model's traffic; or `streams`, several models' at once
+    streams: tuple[Stream, ...] = ()
     model: str | None = None  # default: the first model the gateway lists
     prompt_tokens: Lengths = Lengths(mean=64)
     output_tokens: Lengths = Lengths(mean=32)
@@ -109,6 +124,27 @@ class Scenario(_S):
     max_in_flight: int = Field(default=512, ge=1)
     seed: int = 0
     slo: Slo = Slo()
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Scenario:
+        if (self.profile is None) == (not self.streams):
+            raise ValueError("give either `profile` (one model) or `streams` (several models), not both or neither")
+        if self.streams and self.model is not None:
+            raise ValueError("`model` goes in each stream when there are streams")
+        models = [x.model for x in self.streams]
+        if len(set(models)) != len(models):
+            raise ValueError("each stream is one model's: a model appears twice")
+        return self
+
+    def stream(self, i: int) -> Scenario:
+        """Stream i as a one-model scenario (its own seed, the scenario's SLOs and caps)."""
+        x = self.streams[i]
+        return self.model_copy(update={
+            "name": f"{self.name}/{x.model}", "profile": x.profile, "streams": (), "model": x.model,
+            "prompt_tokens": x.prompt_tokens or self.prompt_tokens,
+            "output_tokens": x.output_tokens or self.output_tokens,
+            "stream_share": self.stream_share if x.stream_share is None else x.stream_share,
+            "slo": x.slo or self.slo, "seed": self.seed + 1 + i})
 
     def rate_at(self, t: float) -> float:
         p = self.profile
@@ -124,7 +160,10 @@ class Scenario(_S):
 
 
 def arrivals(sc: Scenario, base_dir: Path | None = None) -> list[Arrival]:
-    """The open-loop schedule: Poisson arrivals at the profile's rate (thinning), or the trace's own times."""
+    """The open-loop schedule: Poisson arrivals at the profile's rate (thinning), or the trace's own times.
+    (A scenario of several streams: each stream's, `arrivals(sc.stream(i))`.)"""
+    if sc.profile is None:
+        raise ValueError(f"scenario {sc.name} has several streams: take arrivals of each (Scenario.stream)")
     rng = random.Random(sc.seed)
     p = sc.profile
     out: list[Arrival] = []
@@ -177,8 +216,9 @@ def load_scenario(name_or_path: str) -> tuple[Scenario, Path]:
         raise ConfigError("\n".join(f"{path}: {_field_path(err['loc'])}: {err['msg']}" for err in e.errors())) \
             from None
     base = path.resolve().parent
-    if isinstance(sc.profile, Trace) and not sc.profile.path.is_absolute():
+    traces = [x.profile for x in (sc.stream(i) for i in range(len(sc.streams)))] if sc.streams else [sc.profile]
+    rel = [t for t in traces if isinstance(t, Trace) and not t.path.is_absolute()]
+    if rel and not all((base / t.path).exists() for t in rel):
         # shipped scenarios name traces relative to the project root
-        root = Path(__file__).resolve().parent.parent.parent
-        base = base if (base / sc.profile.path).exists() else root
+        base = Path(__file__).resolve().parent.parent.parent
     return sc, base

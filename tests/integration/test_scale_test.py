@@ -53,3 +53,27 @@ def test_without_matplotlib_it_says_so_before_running_not_after(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2 and "matplotlib" in r.stderr and "--no-plot" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_scenario_of_several_models_reports_each_pool(local_stack, tmp_path):
+    stack = local_stack({"pools": [sim_pool(model="tiny-chat"),
+                                   sim_pool(name="other", model="tiny-other", warm_pool={"min": 0, "max": 0})]})
+    sc = tmp_path / "mix.yaml"
+    sc.write_text(
+        "name: mix\nduration_s: 12\nstreams:\n"
+        "  - {model: tiny-chat, profile: {type: step, base_rps: 2, peak_rps: 2, at_s: 0}}\n"
+        "  - {model: tiny-other, profile: {type: step, base_rps: 0, peak_rps: 3, at_s: 4},\n"
+        "     slo: {success_rate: 0.99, e2e_p95_s: 30}}\n"
+        "output_tokens: {dist: fixed, mean: 8}\nslo: {success_rate: 0.99}\n")
+    r = _scale_test(stack, str(sc), out=tmp_path / "mix")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "pool chat" in r.stdout and "pool other" in r.stdout
+    rep = json.loads((tmp_path / "mix" / "report.json").read_text())
+    streams = rep["summary"]["streams"]
+    assert set(streams) == {"chat", "other"}
+    assert streams["chat"]["model"] == "tiny-chat" and streams["other"]["slo"]["e2e_p95_s"]["target"] == 30
+    by_pool = {p: [q for q in rep["requests"] if q["pool"] == p] for p in streams}
+    assert all(len(v) == streams[p]["requests"] > 5 and not [q for q in v if not q["ok"]] for p, v in by_pool.items())
+    assert min(q["sent"] for q in by_pool["other"]) >= 3.9, "its own profile: nothing before 4 s"
+    for p in streams:
+        assert (tmp_path / "mix" / f"timeline-{p}.png").read_bytes()[:4] == b"\x89PNG"

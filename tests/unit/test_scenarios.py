@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from autoscaler.config import ConfigError
 from autoscaler.scaletest.loadgen import Result
@@ -78,7 +79,43 @@ def test_every_shipped_scenario_loads_and_schedules():
     assert {"default", "smoke", "spike", "ramp", "sine", "azure-conv"} <= set(names)
     for n in names:
         s, base = load_scenario(n)
-        assert arrivals(s, base), n
+        subs = [s.stream(i) for i in range(len(s.streams))] or [s]
+        assert all(arrivals(x, base) for x in subs), n
+
+
+def test_a_scenario_of_several_models_streams_inherit_and_override():
+    from autoscaler.scaletest.scenario import Scenario
+
+    sc = Scenario.model_validate({
+        "name": "mix", "duration_s": 60, "prompt_tokens": {"mean": 100}, "slo": {"ttft_p95_s": 1},
+        "streams": [{"model": "a", "profile": {"type": "step", "base_rps": 2, "peak_rps": 2, "at_s": 0}},
+                    {"model": "b", "profile": {"type": "step", "base_rps": 2, "peak_rps": 2, "at_s": 0},
+                     "prompt_tokens": {"mean": 7, "dist": "fixed"}, "slo": {"e2e_p95_s": 600}}]})
+    a, b = sc.stream(0), sc.stream(1)
+    assert (a.model, a.prompt_tokens.mean, a.slo.ttft_p95_s) == ("a", 100, 1)
+    assert (b.model, b.prompt_tokens.mean, b.slo.ttft_p95_s, b.slo.e2e_p95_s) == ("b", 7, None, 600)
+    ta, tb = [x.at for x in arrivals(a)], [x.at for x in arrivals(b)]
+    assert ta and tb and ta != tb, "each stream its own seed: not the same arrivals twice"
+    assert {x.prompt_tokens for x in arrivals(b)} == {7}
+    with pytest.raises(ValueError, match="several streams"):
+        arrivals(sc)
+
+
+@pytest.mark.parametrize(("doc", "needle"), [
+    ({"profile": {"type": "step", "base_rps": 1, "peak_rps": 1, "at_s": 0},
+      "streams": [{"model": "a", "profile": {"type": "step", "base_rps": 1, "peak_rps": 1, "at_s": 0}}]},
+     "not both or neither"),
+    ({}, "not both or neither"),
+    ({"model": "a", "streams": [{"model": "a", "profile": {"type": "step", "base_rps": 1, "peak_rps": 1,
+                                                            "at_s": 0}}]}, "goes in each stream"),
+    ({"streams": [{"model": "a", "profile": {"type": "step", "base_rps": 1, "peak_rps": 1, "at_s": 0}}] * 2},
+     "a model appears twice"),
+])
+def test_bad_streams_say_what_is_wrong(tmp_path, doc, needle):
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({"name": "x", "duration_s": 10, **doc}))
+    with pytest.raises(ConfigError, match=needle):
+        load_scenario(str(p))
 
 
 def test_bad_scenario_names_field(tmp_path):

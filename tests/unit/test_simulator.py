@@ -311,3 +311,24 @@ def test_several_pools_share_the_simulated_host_by_priority_and_a_saturated_pool
     assert min(sum(1 for x in st["pools"]["low"]["replicas"] if x["role"] == "active")
                for _, st in sim.timeline) >= 1, "never below its minimum"
     assert all(r.ok for r in sim.results if r.pool == "low"), "a drain cuts no request"
+
+
+def test_simulate_a_scenario_of_several_models_reports_each_pool(tmp_path, capsys):
+    """`gpufleet simulate multi-model --config examples/multi-model.yaml`: each stream to its model's pool,
+    a summary and a timeline per pool; priorities and overflow at work on the way."""
+    root = Path(__file__).resolve().parent.parent.parent
+    out = tmp_path / "rep"
+    rc = main(["simulate", "multi-model", "--config", str(root / "examples/multi-model.yaml"), "--out", str(out)])
+    rep = json.loads((out / "report.json").read_text())
+    streams = rep["summary"]["streams"]
+    assert set(streams) == {"large", "small", "batch"} and rc == (0 if rep["summary"]["slo_met"] else 1)
+    assert all(s["failed"] == 0 for s in streams.values())
+    pools = {r["pool"] for r in rep["requests"]}
+    assert pools == {"large", "small", "batch"}
+    assert any(r["served_by"] == "small" for r in rep["requests"] if r["pool"] == "large"), "overflow"
+    assert any(e["kind"] == "reclaim" for e in rep["events"])
+    assert all((out / f"timeline-{p}.png").read_bytes()[:4] == b"\x89PNG" for p in streams)
+    capsys.readouterr()
+    assert main(["simulate", "multi-model", "--config", str(root / "examples/multi-model.yaml"), "--compare",
+                 "--out", str(tmp_path / "c")]) == 2
+    assert "--compare runs one pool's traffic" in capsys.readouterr().err
