@@ -103,6 +103,10 @@ function ruleFor(r, key, model, body) {
         if (ru.models.length && ru.models.indexOf(model) < 0) {
             continue;
         }
+        // a rule never gives a key a model it may not use (a header is the client's to set)
+        if (!allows(key, own(cfg.models, ru.pool))) {
+            continue;
+        }
         if (ru.tiers.length && ru.tiers.indexOf(key.tier || '') < 0) {
             continue;
         }

@@ -11,7 +11,7 @@ import yaml
 from autoscaler.gateway.access import hash_key
 from tests.helpers import sim_pool, wait_for
 
-PREMIUM, BASIC = "gf-premium-" + "p" * 24, "gf-basic-" + "b" * 24
+PREMIUM, BASIC, NARROW = "gf-premium-" + "p" * 24, "gf-basic-" + "b" * 24, "gf-narrow-" + "n" * 24
 
 
 def _pool(name: str, model: str, **kw) -> dict:
@@ -38,6 +38,7 @@ def routed_stack(local_stack, tmp_path):
     keys.write_text(yaml.safe_dump({"keys": [
         {"name": "p", "sha256": hash_key(PREMIUM), "tier": "premium"},
         {"name": "b", "sha256": hash_key(BASIC), "tier": "basic"},
+        {"name": "n", "sha256": hash_key(NARROW), "tier": "premium", "models": ["small-chat", "chat"]},
     ]}))
     cfg = dict(FLEET, gateway={"auth": {"enabled": True, "keys_file": str(keys)}})
     stack = local_stack(cfg, start=False)
@@ -121,3 +122,17 @@ def test_the_completions_api_is_routed_and_capped_too(routed_stack):
     # a cap never raises a smaller limit
     raw = c.completions.with_raw_response.create(model="embed-batch", prompt="hello", max_tokens=2)
     assert raw.parse().usage.completion_tokens == 2
+
+
+def test_a_rule_never_gives_a_key_a_model_it_may_not_use(routed_stack):
+    """NARROW may use small-chat (and its alias): neither its premium tier nor a header it sets reaches
+    another pool's model, and asking for one by name is the usual 404."""
+    stack = routed_stack
+    c = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=NARROW, max_retries=0, timeout=30)
+    msgs = [{"role": "user", "content": "hi"}]
+    raw = c.chat.completions.with_raw_response.create(model="chat", messages=msgs, max_tokens=2)
+    assert raw.parse().model == "small-chat" and raw.headers["x-gpufleet-route"] == "pool=small; reason=alias"
+    raw = c.chat.completions.with_raw_response.create(model="small-chat", messages=msgs, max_tokens=2,
+                                                       extra_headers={"X-Workload": "batch"})
+    assert raw.parse().model == "small-chat" and raw.headers["x-gpufleet-route"] == "pool=small; reason=model"
+    assert _chat(stack, NARROW, "big-chat").status_code == 404
