@@ -198,6 +198,7 @@ class Controller:
             role_since=r.role_since, alive=r.alive, ready=h.ready, failures=h.failures,
             last_error=h.last_error, gpus=r.gpus, config_hash=r.config_hash, upstream=r.upstream,
             samples=tuple(h.samples), stopping=self._stopping(r), sleeping=h.sleeping,
+            claimed_for=r.claimed_for,
         )
 
     def _stopping(self, r: Replica) -> bool:
@@ -264,7 +265,7 @@ class Controller:
         rid = a.replica
         assert rid is not None and a.role is not None
         try:
-            await asyncio.to_thread(self.runtime.set_role, rid, a.role, a.target)
+            await asyncio.to_thread(self.runtime.set_role, rid, a.role, a.target, a.claimed_for)
         except Exception as e:  # one replica's failure must not stop the others' changes
             self.event("role_change_failed", a.pool, replica=rid, role=a.role, reason=f"{type(e).__name__}: {e}")
             return False

@@ -81,6 +81,7 @@ class ReplicaObs:
     samples: tuple[ReplicaSample, ...] = ()  # recent scrapes, oldest first
     stopping: bool = False  # a removal is in flight
     sleeping: bool = False  # sleep mode: weights offloaded, not able to serve until woken
+    claimed_for: str | None = None  # draining: the pool its GPUs are promised to (kept in the runtime)
 
     @property
     def load(self) -> float:
@@ -155,6 +156,7 @@ class Action:
     reason: str = ""
     spec: ReplicaSpec | None = None  # start only
     detail: Mapping[str, Any] = field(default_factory=dict)  # extra event fields
+    claimed_for: str | None = None  # drain: the pool its GPUs go to (written with the role)
 
 
 @dataclass(frozen=True)
@@ -280,6 +282,10 @@ def reconcile(
         for vid, c in work[p.name].claims.items():
             if now - c.since < CLAIM_MAX_S:
                 claims[vid] = (p.name, c)
+    # ...and those the runtime remembers (a restart lost the pool states): a replica draining for a pool
+    for r in live.values():
+        if r.role == "draining" and r.claimed_for in pools and r.id not in claims:
+            claims[r.id] = (r.claimed_for, Claim(r.id, r.pool, r.gpus, "reclaim", now, draining=True))
 
     # 3. Drains that are done: demote to warm if the pool wants one, else stop. A drain counts from the
     # moment nginx no longer routes to the replica: until then, empty is not drained. A replica whose GPUs
@@ -501,7 +507,7 @@ def _pool_step(
     for r in moving:
         if serving >= d.desired_active:
             owner = tick.claims[r.id][0]
-            acts.append(Action("drain", p.name, r.id, role="draining",
+            acts.append(Action("drain", p.name, r.id, role="draining", claimed_for=owner,
                                reason=f"moved: its replacement serves, its GPUs go to pool {owner}"))
             tick.claims[r.id] = (owner, replace(tick.claims[r.id][1], draining=True))
     if unmet == 0:
@@ -554,7 +560,7 @@ def _arbitrate(
             acts.append(Action("stop", v.pool, v.id, reason=f"reclaimed: its GPUs for pool {p.name}",
                                detail={"role": v.role}))
         elif how == "drain":
-            acts.append(Action("drain", v.pool, v.id, role="draining",
+            acts.append(Action("drain", v.pool, v.id, role="draining", claimed_for=p.name,
                                reason=f"reclaimed: its GPUs for pool {p.name} (priority {p.priority})"))
             tick.taken[v.pool] = tick.taken.get(v.pool, 0) + 1
 

@@ -53,6 +53,9 @@ class Replica:
     # a removal has begun (recorded before the first signal): a restarted autoscaler finishes it and
     # counts its GPUs as held until the replica is gone
     stopping: bool = False
+    # draining to give its GPUs to this pool (a reclaim): kept with the role, so that a restarted
+    # autoscaler stops it once drained (not keeps it warm) and the GPUs still go where they were promised
+    claimed_for: str | None = None
     labels: dict[str, str] = field(default_factory=dict, compare=False)
 
 
@@ -63,7 +66,10 @@ class Runtime(Protocol):
 
     def create(self, spec: ReplicaSpec) -> Replica: ...
 
-    def set_role(self, replica_id: str, role: Role, target_role: Role | None = None) -> None: ...
+    def set_role(self, replica_id: str, role: Role, target_role: Role | None = None,
+                 claimed_for: str | None = None) -> None:
+        """claimed_for: with role draining, the pool its GPUs are promised to (kept until it is gone)."""
+        ...
 
     def remove(self, replica_id: str) -> None:
         """Mark the replica stopping, stop it (gracefully, then force) and forget it. Idempotent."""

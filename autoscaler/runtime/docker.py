@@ -31,9 +31,22 @@ REPLICA_PORT = 8000
 REPLICA_USER = "65534:65534"  # nobody: a replica needs no account of its own
 
 
-def container_name(project: str, pool: str, rid: str, role: Role, target: Role) -> str:
+def container_name(project: str, pool: str, rid: str, role: Role, target: Role, claimed_for: str | None = None) -> str:
     r = f"starting.{target}" if role == "starting" else role
+    if role == "draining" and claimed_for:
+        r = f"draining{CLAIMED}{claimed_for}"  # pool names are [a-z0-9-]: fine in a container name
     return f"{project}-{rid}--{r}"
+
+
+CLAIMED = ".for-"
+
+
+def parse_claim(name: str) -> str | None:
+    """The pool a draining replica's GPUs are promised to, from its container name (None: an ordinary drain)."""
+    _, sep, r = name.lstrip("/").rpartition("--")
+    if sep and r.startswith(f"draining{CLAIMED}"):
+        return r[len(f"draining{CLAIMED}"):] or None
+    return None
 
 
 STOPPING = "stopping"
@@ -51,6 +64,8 @@ def parse_role(name: str) -> tuple[Role, Role] | None:
         return ("starting", target) if target in ("active", "warm") else None  # type: ignore[return-value]
     if r in ("warm", "active", "draining"):
         return r, r  # type: ignore[return-value]
+    if r.startswith(f"draining{CLAIMED}"):
+        return "draining", "draining"
     return None
 
 
@@ -95,6 +110,7 @@ class DockerRuntime:
             alive=c.status == "running" and bool(ip),
             role_since=self._since.setdefault(f"{labels[f'{L}replica']}:{role}", time.time()),
             stopping=c.name.lstrip("/").endswith(f"--{STOPPING}"),
+            claimed_for=parse_claim(c.name),
             labels={"container": c.id[:12], "name": c.name},
         )
 
@@ -172,13 +188,14 @@ class DockerRuntime:
         assert r is not None
         return r
 
-    def set_role(self, replica_id: str, role: Role, target_role: Role | None = None) -> None:
+    def set_role(self, replica_id: str, role: Role, target_role: Role | None = None,
+                 claimed_for: str | None = None) -> None:
         c = self._find(replica_id)
         current = parse_role(c.name)
         target = target_role or (current[1] if current else role)
         if role != "starting":
             target = role
-        c.rename(container_name(self.project, "", replica_id, role, target))
+        c.rename(container_name(self.project, "", replica_id, role, target, claimed_for))
         self._since[f"{replica_id}:{role}"] = time.time()
 
     def remove(self, replica_id: str, grace_s: float = 10.0) -> None:

@@ -85,6 +85,7 @@ class LocalRuntime:
             alive=alive,
             role_since=float(d.get("role_since", d["created_at"])),  # type: ignore[arg-type]
             stopping=bool(d.get("stopping", False)),
+            claimed_for=str(d["claimed_for"]) if d.get("claimed_for") else None,
             labels={"pid": str(pid)},
         )
 
@@ -126,9 +127,11 @@ class LocalRuntime:
         self._write(rid, data)
         return self._to_replica(data)
 
-    def set_role(self, replica_id: str, role: Role, target_role: Role | None = None) -> None:
+    def set_role(self, replica_id: str, role: Role, target_role: Role | None = None,
+                 claimed_for: str | None = None) -> None:
         d = self._read(replica_id)
         d["role"] = role
+        d["claimed_for"] = claimed_for if role == "draining" else None
         d["role_since"] = time.time()
         if target_role is not None:
             d["target_role"] = target_role

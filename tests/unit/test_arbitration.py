@@ -122,6 +122,54 @@ def test_a_claim_in_flight_is_not_claimed_again_and_the_drained_victim_is_stoppe
     assert "its GPUs go to pool high" in next(a.reason for a in three.actions if a.kind == "stop")
 
 
+def test_after_a_restart_the_claim_comes_back_from_the_runtime_not_from_memory():
+    """The pool states are gone (a restarted autoscaler): the victim's role says whom it drains for."""
+    cfg = fleet(pool("low", priority=0, min_replicas=1, warm_pool={"min": 1, "max": 1}), pool("high", priority=10))
+    victim = rep(cfg, "la", "low", "draining", gpus=("vslot0",), load=2, claimed_for="high")
+    lb, high = rep(cfg, "lb", "low", gpus=("vslot1",)), rep(cfg, "h1", "high", gpus=("vslot2",), load=8)
+    one = reconcile(cfg, snap(slots(3), victim, lb, high, routed={"lb", "h1"}), {}, NOW)
+    assert not events(one, "reclaim"), "no second victim: the one in flight is known"
+    assert set(one.states["high"].claims) == {"la"} and one.states["high"].unmet >= 1
+    empty = with_load(victim, 0)
+    two = reconcile(cfg, snap(slots(3), empty, lb, high, routed={"lb", "h1"}, now=NOW + 2), one.states, NOW + 2)
+    assert kinds(two, "stop") == [("la", "low")] and not kinds(two, "demote"), "stopped, not kept warm"
+
+
+def test_a_reclaim_drain_carries_the_pool_it_is_for_to_the_runtime():
+    cfg = fleet(pool("low", priority=0, min_replicas=1), pool("high", priority=10))
+    la, lb = rep(cfg, "la", "low", gpus=("vslot0",)), rep(cfg, "lb", "low", gpus=("vslot1",), load=1)
+    out = reconcile(cfg, snap(slots(3), la, lb, rep(cfg, "h1", "high", gpus=("vslot2",), load=8)),
+                    steady(cfg, low=2, high=1), NOW)
+    (drain,) = [a for a in out.actions if a.kind == "drain"]
+    assert (drain.replica, drain.claimed_for) == ("la", "high")
+
+
+def test_docker_keeps_the_claim_in_the_container_name_and_reads_it_back():
+    from autoscaler.runtime.docker import container_name, parse_claim, parse_role
+
+    name = container_name("gpufleet", "low", "r-low-1", "draining", "draining", "high-prio")
+    assert name == "gpufleet-r-low-1--draining.for-high-prio"
+    assert parse_role("/" + name) == ("draining", "draining") and parse_claim("/" + name) == "high-prio"
+    plain = container_name("gpufleet", "low", "r-low-1", "draining", "draining")
+    assert parse_role(plain) == ("draining", "draining") and parse_claim(plain) is None
+    assert container_name("gpufleet", "low", "r-low-1", "active", "active", "high") == "gpufleet-r-low-1--active"
+
+
+def test_the_local_runtime_keeps_the_claim_in_its_state_file(tmp_path):
+    import json
+
+    from autoscaler.runtime.local import LocalRuntime
+
+    rt = LocalRuntime(tmp_path)
+    (tmp_path / "r-low-1.json").write_text(json.dumps({
+        "id": "r-low-1", "pool": "low", "model": "m", "role": "active", "target_role": "active",
+        "host": "127.0.0.1", "port": 1, "gpus": ["vslot0"], "config_hash": "x", "created_at": 1.0, "pid": None}))
+    rt.set_role("r-low-1", "draining", claimed_for="high")
+    assert [(r.role, r.claimed_for) for r in rt.list()] == [("draining", "high")]
+    rt.set_role("r-low-1", "warm")
+    assert [(r.role, r.claimed_for) for r in rt.list()] == [("warm", None)]
+
+
 def test_freed_gpus_go_to_the_pool_that_claimed_them_not_to_a_pool_listed_first():
     # low is listed first and wants a replica too; the claim keeps vslot0 for high
     cfg = fleet(pool("low", priority=0, min_replicas=1), pool("high", priority=10))
