@@ -4,8 +4,8 @@ What never changes about a replica (pool, model, GPU ids, config hash, creation
 time) is in its labels. Docker labels are immutable, so the one thing that
 changes — the role — is kept in the container's *name*, which Docker lets us
 rename atomically: `<project>-<pool>-<id>--<role>` (role `starting.active`,
-`starting.warm`, `warm`, `active`, `draining`, and `stopping` once a removal
-has begun). Both survive an autoscaler
+`starting.warm`, `warm`, `active`, `draining` — `draining.for-<pool>` when its
+GPUs are promised to another pool — and `stopping` once a removal has begun). Both survive an autoscaler
 restart; `docker ps` shows them.
 
 Replicas carry the compose project label so `docker compose ps` lists them,
