@@ -7,7 +7,10 @@ Real nginx (Debian, njs routing) and two real replica processes on the sim
 engine with a fast profile (2 ms steps), so the replica itself adds little.
 Auth on: every proxied request carries an API key that njs hashes and looks up
 (per-key and global limits set high enough not to bind), so the overhead
-includes the key check. `--no-auth` measures without it.
+includes the key check. `--no-auth` measures without it. `--routing chain`: the pool has a fallback
+and two routing rules that do not match, so njs evaluates the rules and reads the saturation state
+file on every request; `--routing alias`: requests name an alias, so every body is rewritten
+(proxy_set_body).
 """
 
 from __future__ import annotations
@@ -49,9 +52,26 @@ def start_replica() -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"127.0.0.1:{port}"
 
 
-async def load(url: str, n: int, conc: int) -> list[float]:
+ALIAS = "bench-alias"
+
+
+def routing(kind: str) -> dict[str, object] | None:
+    """The routing table for --routing (what routing_table renders from a fleet.yaml)."""
+    if kind == "chain":
+        rules = [{"name": "h", "pool": "spare", "models": [], "tiers": [], "headers": {"x-workload": "batch"},
+                  "over": None, "under": None},
+                 {"name": "long", "pool": "spare", "models": [MODEL], "tiers": [], "headers": {}, "over": 4000,
+                  "under": None}]
+        return {"routes": {MODEL: "bench", "spare": "spare"}, "models": {"bench": MODEL, "spare": "spare"},
+                "fallback": {"bench": [{"pool": "spare", "max_tokens": 64}]}, "rules": rules}
+    if kind == "alias":
+        return {"routes": {MODEL: "bench", ALIAS: "bench"}, "models": {"bench": MODEL}}
+    return None
+
+
+async def load(url: str, n: int, conc: int, model: str = MODEL) -> list[float]:
     lat: list[float] = []
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=conc), timeout=30,
                                  headers={"Authorization": f"Bearer {KEY}"}) as c:
         sem = asyncio.Semaphore(conc)
@@ -101,6 +121,8 @@ def main() -> None:
     ap.add_argument("--reloads", type=int, default=30)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-auth", action="store_true", help="gateway.auth off: no key check")
+    ap.add_argument("--routing", choices=["none", "chain", "alias"], default="none",
+                    help="chain: fallback + rules (state file read per request); alias: body rewritten")
     args = ap.parse_args()
     (r1, a), (r2, b) = start_replica(), start_replica()
     run = Path(tempfile.mkdtemp(prefix="gpufleet-bench-"))
@@ -111,16 +133,18 @@ def main() -> None:
     keys_file.write_text(f"keys: [{{name: bench, sha256: {hash_key(KEY)}, requests_per_s: 100000, "
                          f"burst: 100000, concurrent: 10000}}]\n")
     keys = KeysSource(not args.no_auth, None if args.no_auth else keys_file, 100000, 100000, 10000)
-    gw = Gateway(ng.conf_dir, cfg, ng.validate, ng.reload, keys=keys)
+    gw = Gateway(ng.conf_dir, cfg, ng.validate, ng.reload, keys=keys, routing=routing(args.routing))
     gw.write_initial()
+    spare = [PoolRoute("spare", "spare", (b,), replica_ids=("b",))] if args.routing == "chain" else []
     ng.start()
     url = f"http://127.0.0.1:{cfg.port}"
     try:
         async def go() -> dict[str, object]:
-            await gw.update([PoolRoute("bench", MODEL, (a,), replica_ids=("a",))])
+            await gw.update([PoolRoute("bench", MODEL, (a,), replica_ids=("a",)), *spare])
+            gw.publish_state({"bench": False, "spare": False}, time.time() + 3600)  # fresh for the whole run
             await asyncio.sleep(0.5)
             direct = await load(f"http://{a}", args.requests, args.concurrency)
-            proxied = await load(url, args.requests, args.concurrency)
+            proxied = await load(url, args.requests, args.concurrency, ALIAS if args.routing == "alias" else MODEL)
             flush, eff = await reloads(gw, url, a, b, args.reloads)
             return {"direct": direct, "proxied": proxied, "flush": flush, "effective": eff}
 
@@ -131,7 +155,7 @@ def main() -> None:
         r2.terminate()
     d, p = res["direct"], res["proxied"]
     out = {
-        "auth": not args.no_auth,
+        "auth": not args.no_auth, "routing": args.routing,
         "concurrency": args.concurrency, "requests": args.requests,
         "direct_ms": {"p50": 1e3 * pct(d, 50), "p99": 1e3 * pct(d, 99)},
         "nginx_ms": {"p50": 1e3 * pct(p, 50), "p99": 1e3 * pct(p, 99)},

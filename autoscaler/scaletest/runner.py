@@ -122,7 +122,8 @@ async def execute(run: Run, base_dir: Path) -> dict[str, Any]:
     poller = asyncio.create_task(_poll(run, stop))
     progress = asyncio.create_task(_progress(run, t0, [a.at for a in sched], [pool], stop))
     results = await run_open_loop(run.url, model, sched, max_in_flight=run.sc.max_in_flight,
-                                  on_result=run.results.append, api_key=run.api_key)
+                                  on_result=run.results.append, api_key=run.api_key,
+                                  timeout_s=run.sc.request_timeout_s)
     t_end = time.time()
     await asyncio.sleep(1.0)  # one more poll after the last response
     stop.set()
@@ -156,7 +157,7 @@ async def _execute_streams(run: Run, base_dir: Path, models: list[str], status: 
         return add
 
     await asyncio.gather(*(run_open_loop(run.url, s.model or "", sched, max_in_flight=s.max_in_flight,
-                                         on_result=sink(i), api_key=run.api_key)
+                                         on_result=sink(i), api_key=run.api_key, timeout_s=s.request_timeout_s)
                            for i, (s, sched) in enumerate(zip(subs, scheds, strict=True))))
     t_end = time.time()
     await asyncio.sleep(1.0)

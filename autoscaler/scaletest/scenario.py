@@ -122,6 +122,9 @@ class Scenario(_S):
     max_output_tokens: int = Field(default=256, ge=1)
     stream_share: float = Field(default=1.0, ge=0, le=1)
     max_in_flight: int = Field(default=512, ge=1)
+    # how long a client waits for an answer (its first byte, or the next one of a stream); raise it for
+    # pools whose requests may wait for a GPU (best-effort pools at zero, held by the activator)
+    request_timeout_s: float = Field(default=120.0, gt=0, le=3600)
     seed: int = 0
     slo: Slo = Slo()
 
