@@ -378,6 +378,13 @@ class FleetConfig(_Strict):
                     raise ValueError(f"pool {p.name!r}: fallback {f!r} is not another pool")
             if p.saturation is not None and not p.fallback:
                 raise ValueError(f"pool {p.name!r}: saturation needs a fallback to overflow to")
+            if p.hold_timeout_s > self.gateway.worker_shutdown_timeout_s:
+                # an nginx reload retires the worker holding the connection, which closes it after this bound
+                raise ValueError(
+                    f"pool {p.name!r}: hold_timeout_s ({p.hold_timeout_s:g}) is longer than "
+                    f"gateway.worker_shutdown_timeout_s ({self.gateway.worker_shutdown_timeout_s}): a request held "
+                    "that long would be cut by the next nginx reload; raise worker_shutdown_timeout_s or shorten "
+                    "the hold")
             for a in p.aliases:
                 if a in served:
                     raise ValueError(f"pool {p.name!r}: alias {a!r} is already the model or an alias of "

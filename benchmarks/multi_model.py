@@ -57,7 +57,7 @@ def pools(priorities: bool, overflow: bool) -> list[dict[str, Any]]:
          "targets": {"concurrency": 64}},
         {"name": "batch", "model": "llama3-8b-batch", "sim": {"profile": "llama3-8b-h100"}, "gpus_per_replica": 1,
          "priority": pr(0), "min_replicas": 1, "max_replicas": 4, "warm_pool": {"min": 0, "max": 0},
-         "targets": {"concurrency": 32}, "scale_to_zero_after_s": 120, "hold_timeout_s": 300},
+         "targets": {"concurrency": 32}, "scale_to_zero_after_s": 120, "hold_timeout_s": 240},
     ]
 
 

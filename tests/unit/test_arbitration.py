@@ -354,7 +354,7 @@ def fleets_and_traffic(draw: st.DrawFn) -> tuple[FleetConfig, dict]:
         p = {"name": f"p{i}", "model": f"m{i}", "gpus_per_replica": k, "priority": draw(st.sampled_from([0, 5, 10])),
              "min_replicas": mn, "max_replicas": draw(st.integers(max(mn, 1), 4)), "sim": quick,
              "warm_pool": {"min": 0, "max": draw(st.integers(0, 1))}, "targets": {"concurrency": 2},
-             "scale_to_zero_after_s": 20, "hold_timeout_s": 600,
+             "scale_to_zero_after_s": 20, "hold_timeout_s": 240,
              "behavior": {"scale_down": {"stabilization_s": draw(st.sampled_from([5, 30]))}}}
         if k == 2 and draw(st.booleans()):
             p["gpu_min_link"] = "NVLINK"

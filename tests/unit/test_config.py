@@ -54,6 +54,8 @@ def test_default_config_is_valid_and_cpu_only():
                      "saturation": {"waiting_per_replica": 2, "clear_below": 3}}, {"name": "b", "model": "n"}]},
          "clear_below (3.0) must be <= waiting_per_replica (2.0)"),
         ({"pools": [{"name": "a", "model": "m", "priority": 10**6}]}, "pools[0].priority"),
+        ({"pools": [{"name": "a", "model": "m", "hold_timeout_s": 600}]},
+         "hold_timeout_s (600) is longer than gateway.worker_shutdown_timeout_s (240)"),
         ({"routing": {"rules": [{"name": "r", "match": {"tiers": ["p"]}, "pool": "zz"}]},
           "pools": [{"name": "a", "model": "m"}]}, "routing.rules[0] (r): pool 'zz' is not a pool"),
         ({"routing": {"rules": [{"name": "r", "match": {"models": ["nope"]}, "pool": "a"}]},
