@@ -44,8 +44,6 @@ class Claim:
     gpus: tuple[str, ...]
     kind: ClaimKind
     since: float
-    started: bool = False  # move: the victim's replacement has been asked for
-    draining: bool = False  # the victim has been told to drain or stop
 
 
 @dataclass(frozen=True)

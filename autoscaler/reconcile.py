@@ -285,7 +285,7 @@ def reconcile(
     # ...and those the runtime remembers (a restart lost the pool states): a replica draining for a pool
     for r in live.values():
         if r.role == "draining" and r.claimed_for in pools and r.id not in claims:
-            claims[r.id] = (r.claimed_for, Claim(r.id, r.pool, r.gpus, "reclaim", now, draining=True))
+            claims[r.id] = (r.claimed_for, Claim(r.id, r.pool, r.gpus, "reclaim", now))
 
     # 3. Drains that are done: demote to warm if the pool wants one, else stop. A drain counts from the
     # moment nginx no longer routes to the replica: until then, empty is not drained. A replica whose GPUs
@@ -509,7 +509,6 @@ def _pool_step(
             owner = tick.claims[r.id][0]
             acts.append(Action("drain", p.name, r.id, role="draining", claimed_for=owner,
                                reason=f"moved: its replacement serves, its GPUs go to pool {owner}"))
-            tick.claims[r.id] = (owner, replace(tick.claims[r.id][1], draining=True))
     if unmet == 0:
         # nothing this pool still waits for: what it claimed is placed, or no longer needed
         for vid in list(mine_claims):
@@ -552,7 +551,7 @@ def _arbitrate(
         return tick.place(p, b)
 
     def claim(v: Candidate, gpus: tuple[str, ...], kind: str, how: str) -> None:
-        tick.claims[v.id] = (p.name, Claim(v.id, v.pool, gpus, kind, now, draining=how != "move"))  # type: ignore[arg-type]
+        tick.claims[v.id] = (p.name, Claim(v.id, v.pool, gpus, kind, now))  # type: ignore[arg-type]
         events.append(Event("reclaim" if kind == "reclaim" else "move", p.name, {
             "from_pool": v.pool, "for_pool": p.name, "replica": v.id, "role": v.role, "how": how,
             "gpus": list(v.gpus), "priority": [tick.cfg.pool(v.pool).priority, p.priority]}))
