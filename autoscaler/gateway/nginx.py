@@ -288,6 +288,10 @@ def docker_nginx_conf(port: int = 8080, client_max_body_size: str = "1m", worker
     )
 
 
+STATE_DIR_PREFIX = "gpufleet-gateway-"
+STATE_DIR_MARKER = "state-dir"  # in the conf dir: where this run dir's state file went (root, private run dir)
+
+
 def _traversable_by_all(path: Path) -> bool:
     """Every directory from / down to path lets any user through (o+x) and path itself be read (o+r)."""
     p = path.resolve()
@@ -323,17 +327,28 @@ class LocalNginx:
         Started as root, nginx runs its workers as `nobody`, who cannot read a run directory below a
         private one (/root, pytest's temp root): then a directory of its own, with an unguessable name
         made by mkdtemp (nothing another user prepared), readable by all (it says only which pools
-        overflow), removed at stop. Otherwise None: the conf directory does."""
+        overflow), removed at stop, or by the next start on this run dir after a kill. Otherwise None: the
+        conf directory does."""
         if os.geteuid() != 0 or _traversable_by_all(self.conf_dir):
             return None
         if self._state_dir is None:
-            self._state_dir = Path(tempfile.mkdtemp(prefix="gpufleet-gateway-"))
+            # the run directory remembers it: a previous run killed before its stop left one to remove
+            marker = self.conf_dir / STATE_DIR_MARKER
+            with contextlib.suppress(OSError, ValueError):
+                old = Path(marker.read_text().strip())
+                if old.parent == Path(tempfile.gettempdir()) and old.name.startswith(STATE_DIR_PREFIX) \
+                        and not old.is_symlink() and old.is_dir() and old.stat().st_uid == os.geteuid():
+                    shutil.rmtree(old, ignore_errors=True)
+            self._state_dir = Path(tempfile.mkdtemp(prefix=STATE_DIR_PREFIX))
             self._state_dir.chmod(0o755)
+            self.conf_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(marker, f"{self._state_dir}\n")
         return self._state_dir
 
     def remove_state_dir(self) -> None:
         if self._state_dir is not None:
             shutil.rmtree(self._state_dir, ignore_errors=True)
+            (self.conf_dir / STATE_DIR_MARKER).unlink(missing_ok=True)
             self._state_dir = None
 
     def render_main(self) -> None:

@@ -96,3 +96,34 @@ def test_an_unreachable_probe_does_not_hold_the_reload(tmp_path: Path):
     t0 = time.monotonic()
     asyncio.run(gw.update(routes("a:1"), tag="a"))
     assert reloads == ["a"] and time.monotonic() - t0 < 1.0
+
+
+def test_the_state_dir_a_killed_run_left_is_removed_by_the_next_start_and_nothing_else_is(tmp_path: Path):
+    """Root with a private run dir: the per-tick state file goes to a temp dir of its own (nginx's workers run
+    as nobody). A run killed before its stop leaves that dir; the next start on the same run dir removes it."""
+    import os
+
+    import pytest
+
+    from autoscaler.gateway.nginx import LocalNginx
+
+    if os.geteuid() != 0:
+        pytest.skip("only a root-run stack moves its state file out of the run dir")
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    run = private / "run"
+    killed = LocalNginx(run, GatewayConfig(), binary="/bin/true")
+    left = killed.worker_state_dir()
+    assert left is not None and left.is_dir() and oct(left.stat().st_mode)[-3:] == "755"
+    again = LocalNginx(run, GatewayConfig(), binary="/bin/true")
+    new = again.worker_state_dir()
+    assert new is not None and new != left and new.is_dir() and not left.exists()
+    again.remove_state_dir()
+    assert not new.exists() and not (run / "nginx" / "state-dir").exists()
+    # a marker that points elsewhere is not followed
+    keep = tmp_path / "gpufleet-gateway-not-ours"
+    keep.mkdir()
+    (run / "nginx" / "state-dir").write_text(f"{keep}\n")
+    third = LocalNginx(run, GatewayConfig(), binary="/bin/true")
+    assert third.worker_state_dir() is not None and keep.is_dir()
+    third.remove_state_dir()
