@@ -273,7 +273,7 @@ def _simulate_streams(cfg: Any, sc: Any, base: Path, out: Path, args: argparse.N
 
     from autoscaler.gateway.routing import routing_table
     from autoscaler.scaletest.report import summarize
-    from autoscaler.scaletest.runner import Run, format_any, write_report
+    from autoscaler.scaletest.runner import Run, format_any, streams_summary, write_report
     from autoscaler.scaletest.scenario import arrivals
     from autoscaler.sim.run import simulate
 
@@ -294,9 +294,7 @@ def _simulate_streams(cfg: Any, sc: Any, base: Path, out: Path, args: argparse.N
         streams[pool] = summarize(s, mine, sim.timeline, 0.0, sim.end_s, pool,
                                   {"model": s.model, "started_at": 0.0, "scheduled": len(by_pool[pool]),
                                    "simulated": True})
-    summary = {"scenario": sc.name, "pool": None, "started_at": 0.0, "streams": streams,
-               "requests": sum(x["requests"] for x in streams.values()),
-               "slo_met": all(x["slo_met"] for x in streams.values()), "sim_wall_s": round(sim.wall_s, 3)}
+    summary = streams_summary(sc.name, 0.0, streams) | {"sim_wall_s": round(sim.wall_s, 3)}
     write_report(Run(sc, "simulated", "simulated", timeline=sim.timeline, results=sim.results), summary, out)
     print(format_any(summary))
     print(f"simulated {summary['requests']} requests in {sim.wall_s:.2f} s; report: {out}/report.json  "

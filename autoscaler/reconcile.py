@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from autoscaler.arbiter import Candidate, Claim, PoolShare, find_move, find_reclaim
+from autoscaler.arbiter import Candidate, Claim, ClaimKind, PoolShare, find_move, find_reclaim
 from autoscaler.config import FleetConfig, PoolConfig
 from autoscaler.gateway.render import PoolRoute
 from autoscaler.gateway.routing import SaturationState, next_saturation
@@ -550,8 +550,8 @@ def _arbitrate(
     def place(b: set[str]) -> Placement | None:
         return tick.place(p, b)
 
-    def claim(v: Candidate, gpus: tuple[str, ...], kind: str, how: str) -> None:
-        tick.claims[v.id] = (p.name, Claim(v.id, v.pool, gpus, kind, now))  # type: ignore[arg-type]
+    def claim(v: Candidate, gpus: tuple[str, ...], kind: ClaimKind, how: str) -> None:
+        tick.claims[v.id] = (p.name, Claim(v.id, v.pool, gpus, kind, now))
         events.append(Event("reclaim" if kind == "reclaim" else "move", p.name, {
             "from_pool": v.pool, "for_pool": p.name, "replica": v.id, "role": v.role, "how": how,
             "gpus": list(v.gpus), "priority": [tick.cfg.pool(v.pool).priority, p.priority]}))

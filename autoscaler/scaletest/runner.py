@@ -166,7 +166,12 @@ async def _execute_streams(run: Run, base_dir: Path, models: list[str], status: 
     streams = {pool: summarize(s, per[i], run.timeline, t0, t_end, pool,
                                {"model": s.model, "started_at": t0, "scheduled": len(scheds[i])})
                for i, (s, pool) in enumerate(zip(subs, pools, strict=True))}
-    return {"scenario": run.sc.name, "pool": None, "started_at": t0, "streams": streams,
+    return streams_summary(run.sc.name, t0, streams)
+
+
+def streams_summary(scenario: str, t0: float, streams: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The summary of a scenario of several streams: one per pool, met only if every pool's is."""
+    return {"scenario": scenario, "pool": None, "started_at": t0, "streams": streams,
             "requests": sum(x["requests"] for x in streams.values()),
             "slo_met": all(x["slo_met"] for x in streams.values())}
 

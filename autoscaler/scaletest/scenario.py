@@ -219,7 +219,7 @@ def load_scenario(name_or_path: str) -> tuple[Scenario, Path]:
         raise ConfigError("\n".join(f"{path}: {_field_path(err['loc'])}: {err['msg']}" for err in e.errors())) \
             from None
     base = path.resolve().parent
-    traces = [x.profile for x in (sc.stream(i) for i in range(len(sc.streams)))] if sc.streams else [sc.profile]
+    traces = [x.profile for x in sc.streams] if sc.streams else [sc.profile]
     rel = [t for t in traces if isinstance(t, Trace) and not t.path.is_absolute()]
     if rel and not all((base / t.path).exists() for t in rel):
         # shipped scenarios name traces relative to the project root
