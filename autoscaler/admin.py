@@ -16,11 +16,15 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from autoscaler.controller import Controller
+from autoscaler.gateway.edge import EdgeStats
+from autoscaler.gpus.telemetry import dcgm_metrics
 from autoscaler.gpus.topology import topology_to_json
+from autoscaler.reconcile import SCALE_EVENTS
 from autoscaler.runtime.base import ROLES
 
 
@@ -53,13 +57,21 @@ class FleetCollector(Collector):
                     if val is not None:
                         sig.add_metric([p.name, name], float(val))
         yield from (desired, replicas, panic, sig)
+        yield from self._decisions()
+        yield from self._gpus()
         g = c.gateway.stats
         yield CounterMetricFamily("gpufleet_gateway_reloads", "nginx reloads", value=g.reloads)
         yield CounterMetricFamily("gpufleet_gateway_errors", "Renders or nginx -t that failed "
                                   "(last good config kept)", value=g.render_errors)
+        reload_s = HistogramMetricFamily("gpufleet_gateway_reload_seconds", "From nginx -t to nginx serving the "
+                                         "new config")
+        reload_s.add_metric([], g.reload_seconds.buckets(), g.reload_seconds.sum)
+        yield reload_s
         events = CounterMetricFamily("gpufleet_events", "Controller events by kind",
                                      labels=["kind", "pool"])
-        for (kind, pool), n in sorted(c.event_counts.items()):
+        # every pool's scale events from 0: an annotation (increase) sees the first one too
+        counts = {(k, p.name): 0 for p in c.cfg.pools for k in SCALE_EVENTS} | dict(c.event_counts)
+        for (kind, pool), n in sorted(counts.items()):
             events.add_metric([kind, pool], n)
         yield events
         yield CounterMetricFamily("gpufleet_ticks", "Control loop ticks", value=c.ticks)
@@ -107,6 +119,65 @@ class FleetCollector(Collector):
             yield from (held, fwd, tmo)
 
 
+    def _decisions(self) -> Iterator[Metric]:
+        c = self.c
+        per = GaugeMetricFamily("gpufleet_signal_per_replica", "Each configured signal, per ready replica, as the "
+                                "policy last saw it (over its metric window)", labels=["pool", "signal"])
+        target = GaugeMetricFamily("gpufleet_signal_target", "The pool's target for each signal, per replica",
+                                   labels=["pool", "signal"])
+        slo = GaugeMetricFamily("gpufleet_pool_slo_ttft_bucket", "1 for the TTFT histogram bucket (le) that is "
+                                "the pool's SLO: multiply a bucket rate by it to read attainment",
+                                labels=["pool", "le"])
+        objective = GaugeMetricFamily("gpufleet_pool_slo_objective", "Share of requests the pool promises within "
+                                      "its TTFT SLO", labels=["pool"])
+        for p in c.cfg.pools:
+            d = c.states[p.name].decision
+            for name, value, tgt in d.signals if d else ():
+                per.add_metric([p.name, name], value)
+                target.add_metric([p.name, name], tgt)
+            for name, tgt in p.targets.model_dump(exclude_none=True).items():
+                if not d or not any(n == name for n, _, _ in d.signals):
+                    target.add_metric([p.name, name], float(tgt))
+            # prometheus_client's (and vLLM's) spelling of the bound, so the label matches the bucket's
+            slo.add_metric([p.name, floatToGoString(p.slo.ttft_s)], 1.0)
+            objective.add_metric([p.name], p.slo.objective)
+        decisions = CounterMetricFamily("gpufleet_scale_decisions", "Changes of a pool's desired replicas, by "
+                                        "direction and what drove them (a signal, panic, held_requests, none)",
+                                        labels=["pool", "direction", "driver"])
+        for (pool, direction, driver), n in sorted(c.decisions.items()):
+            decisions.add_metric([pool, direction, driver], n)
+        yield from (per, target, slo, objective, decisions)
+
+    def _gpus(self) -> Iterator[Metric]:
+        c = self.c
+        yield from dcgm_metrics(c.gpu_readings)
+        holders = {g: r for r in c.replicas for g in r.gpus}
+        holder = GaugeMetricFamily("gpufleet_gpu_holder", "1 per GPU: the replica, pool and role holding it (role "
+                                   "free or cordoned when none); join DCGM_FI_* on UUID",
+                                   labels=["gpu", "UUID", "pool", "replica", "role"])
+        for g in c.placer.topo.gpus:
+            r = holders.get(g.id)
+            role = r.role if r else "cordoned" if g.id in c.placer.cordoned else "free"
+            holder.add_metric([str(g.index), g.id, r.pool if r else "", r.id if r else "", role], 1.0)
+        yield holder
+        secs = CounterMetricFamily("gpufleet_gpu_seconds", "GPU-seconds held by replicas, by pool and role (the "
+                                   "cost counter)", labels=["pool", "role"])
+        for p in c.cfg.pools:
+            for role in ROLES:
+                secs.add_metric([p.name, role], c.gpu_seconds.get((p.name, role), 0.0))
+        yield secs
+        yield CounterMetricFamily("gpufleet_gpu_idle_seconds", "GPU-seconds no replica held (cordoned GPUs not "
+                                  "counted)", value=c.idle_gpu_seconds)
+
+
+class EdgeCollector(Collector):
+    def __init__(self, stats: EdgeStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.stats.metrics()
+
+
 class AdminServer(uvicorn.Server):
     """uvicorn for the admin API, leaving SIGINT/SIGTERM to the stack that runs it."""
 
@@ -115,10 +186,12 @@ class AdminServer(uvicorn.Server):
         yield
 
 
-def create_admin_app(controller: Controller, token: str | None = None) -> FastAPI:
+def create_admin_app(controller: Controller, token: str | None = None, edge: EdgeStats | None = None) -> FastAPI:
     app = FastAPI(title="gpufleet autoscaler")
     registry = CollectorRegistry()
     registry.register(FleetCollector(controller))
+    if edge is not None:
+        registry.register(EdgeCollector(edge))
 
     @app.middleware("http")
     async def auth(request: Request, call_next: Any) -> Response:

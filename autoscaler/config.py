@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from inference.metrics import TTFT_BUCKETS
+
 SIGNALS = ("queue_depth", "concurrency", "kv_cache_usage", "ttft_p95_s", "request_rate")
 
 
@@ -145,6 +147,24 @@ class Saturation(_Strict):
         return self.waiting_per_replica / 2 if self.clear_below is None else self.clear_below
 
 
+class SloConfig(_Strict):
+    """What the pool promises its clients: the share of requests whose first token comes within ttft_s.
+
+    Dashboards read attainment off the replicas' TTFT histogram bucket `le=ttft_s` (vLLM's bounds), and
+    the burn-rate alerts spend the error budget 1 - objective."""
+
+    ttft_s: float = 2.5
+    objective: float = Field(default=0.99, gt=0.5, lt=1)
+
+    @field_validator("ttft_s")
+    @classmethod
+    def _a_bucket(cls, v: float) -> float:
+        if v not in TTFT_BUCKETS:
+            raise ValueError(f"must be one of the TTFT histogram's bounds (vLLM's), so attainment can be "
+                             f"read off a bucket: {', '.join(f'{b:g}' for b in TTFT_BUCKETS)}")
+        return v
+
+
 class PoolConfig(_Strict):
     name: str
     model: str = Field(min_length=1, max_length=256)
@@ -178,6 +198,7 @@ class PoolConfig(_Strict):
     # when GPUs run out, a pool may take them from pools of lower priority: sleeping and warm replicas
     # first, then active ones above that pool's min_replicas (by drain). min_replicas is guaranteed.
     priority: int = Field(default=0, ge=-1000, le=1000)
+    slo: SloConfig = SloConfig()
 
     @field_validator("fallback", mode="before")
     @classmethod
@@ -262,6 +283,9 @@ class GatewayConfig(_Strict):
     client_max_body_size: str = Field(default="1m", pattern=r"^[1-9][0-9]{0,8}[kKmMgG]?$")
     upstream_template: Path | None = None  # override the packaged Jinja2 template
     auth: AuthConfig = AuthConfig()
+    # nginx sends each access-log line to the autoscaler over UDP (syslog) on this port: the edge
+    # metrics (requests by pool/model/status, edge latency). None: off.
+    edge_log_port: int | None = Field(default=8183, ge=1, le=65535)
 
     _listen = field_validator("listen")(_ip_or_localhost)
 

@@ -25,6 +25,7 @@ import httpx
 from autoscaler.config import FleetConfig
 from autoscaler.gateway.nginx import Gateway
 from autoscaler.gateway.render import PoolRoute
+from autoscaler.gpus.telemetry import GpuReading, SlotLoad, read_nvml, simulated_readings
 from autoscaler.gpus.topology import Topology
 from autoscaler.reconcile import (
     Action,
@@ -53,6 +54,7 @@ from autoscaler.status import (
 log = logging.getLogger("gpufleet.controller")
 
 GPU_HEALTH_EVERY = 10  # ticks between NVML health checks
+TELEMETRY_EVERY = 2  # ticks between GPU readings (Prometheus scrapes every 5 s)
 SAMPLES_KEPT = 16  # per replica: enough for any metric window at a 1 s tick
 METRICS_MAX_BYTES = 4 << 20  # a /metrics larger than this is garbage, not a replica's signals
 
@@ -61,6 +63,7 @@ class Placer(Protocol):
     topo: Topology
     cordoned: dict[str, str]
     host_cpus: set[int]
+    nvml: Any | None  # the pynvml module where GPUs are real
 
     @property
     def virtual(self) -> bool: ...
@@ -104,6 +107,13 @@ class Controller:
         self.tick_errors = 0
         self.tick_seconds: deque[float] = deque(maxlen=100)
         self.last_tick_at: float | None = None  # wall clock at the end of the last tick, failed or not
+        # for /metrics: the GPUs' last readings, GPU-seconds held by (pool, role) and left idle, and the
+        # scale decisions by (pool, direction, driver); counters since start
+        self.gpu_readings: list[GpuReading] = []
+        self.gpu_seconds: Counter[tuple[str, str]] = Counter()
+        self.idle_gpu_seconds = 0.0
+        self.decisions: Counter[tuple[str, str, str]] = Counter()
+        self._accounted_at: float | None = None  # monotonic
         self._http = httpx.AsyncClient(timeout=cfg.scrape_timeout_s)
         self._busy: set[str] = set()  # replicas with a removal in flight
         self._tasks: set[asyncio.Task[None]] = set()
@@ -295,6 +305,8 @@ class Controller:
     async def act(self, out: Reconciled) -> None:
         for e in out.events:
             self.event(e.kind, e.pool, **e.detail)
+            if e.kind == "decision":
+                self.decisions[(e.pool or "", str(e.detail.get("direction")), str(e.detail.get("driver")))] += 1
         starts: list[Action] = []
         failed: set[str] = set()  # pools with a role change that did not happen
         for a in out.actions:
@@ -345,11 +357,47 @@ class Controller:
             for gid, why in (await asyncio.to_thread(self.placer.health_check)).items():
                 self.event("cordon", gpu=gid, reason=why)
         snap = await self.observe()
+        self._account_gpu_time()
+        if self.ticks % TELEMETRY_EVERY == 0:
+            await self._read_gpus()
         out = reconcile(self.cfg, snap, self.states, snap.now)
         self.states = dict(out.states)
         await self.act(out)
         self.ticks += 1
         self.tick_seconds.append(time.monotonic() - t0)
+
+    def _account_gpu_time(self) -> None:
+        """GPU-seconds since the last tick, charged to the (pool, role) of the replica holding each GPU."""
+        now = time.monotonic()
+        dt, self._accounted_at = (now - self._accounted_at if self._accounted_at is not None else 0.0), now
+        if dt <= 0:
+            return
+        held: set[str] = set()
+        for r in self.replicas:
+            if r.gpus:
+                self.gpu_seconds[(r.pool, r.role)] += dt * len(r.gpus)
+                held.update(r.gpus)
+        free = [g for g in self.placer.topo.gpus if g.id not in held and g.id not in self.placer.cordoned]
+        self.idle_gpu_seconds += dt * len(free)
+
+    async def _read_gpus(self) -> None:
+        """NVML where GPUs are real (a thread: it is a blocking C library), else the sim replicas' load."""
+        topo = self.placer.topo
+        try:
+            if self.placer.nvml is not None:
+                self.gpu_readings = await asyncio.to_thread(read_nvml, self.placer.nvml, topo)
+            elif self.placer.virtual:
+                load: dict[str, SlotLoad] = {}
+                for r in self.replicas:
+                    h = self.health.get(r.id)
+                    if not r.gpus or h is None or not h.samples:
+                        continue
+                    s = h.samples[-1]
+                    for g in r.gpus:
+                        load[g] = SlotLoad(s.sim_gpu_memory_bytes / len(r.gpus), s.kv_usage)
+                self.gpu_readings = simulated_readings(topo, load)
+        except Exception as e:  # dashboards can miss a reading; the control loop must not
+            log.warning("reading GPU telemetry failed: %s", e)
 
     # ---- lifecycle -----------------------------------------------------------------------
 

@@ -24,6 +24,8 @@ from autoscaler.admin import AdminServer, create_admin_app
 from autoscaler.config import FleetConfig
 from autoscaler.controller import Controller
 from autoscaler.credentials import admin_token, keys_source
+from autoscaler.gateway.edge import EdgeStats
+from autoscaler.gateway.edge import listen as listen_edge
 from autoscaler.gateway.nginx import Gateway, docker_nginx_conf
 from autoscaler.gateway.render import initial_routes
 from autoscaler.gateway.routing import routing_table
@@ -88,7 +90,8 @@ async def run_docker(cfg: FleetConfig) -> None:
     gateway = Gateway(NGINX_DIR, g, nginx.validate, nginx.reload, nginx.probe,
                       main_conf=lambda: docker_nginx_conf(client_max_body_size=g.client_max_body_size,
                                                           worker_shutdown_timeout=g.worker_shutdown_timeout_s,
-                                                          activator=act.enabled),
+                                                          activator=act.enabled,
+                                                          edge_log_port=g.edge_log_port),
                       activator=act.enabled, keys=keys, routing=routing_table(cfg))
     # Every pool's model, none serving: the gateway, even restarted before the first reload, sends their
     # requests to the activator (which forwards to replicas it is told of), never a 404. Overwriting what
@@ -98,7 +101,10 @@ async def run_docker(cfg: FleetConfig) -> None:
     activator = Activator(cfg) if act.enabled else None
     controller = Controller(cfg, runtime, gateway, make_placer(cfg.gpus), TargetsWriter(TARGETS),
                             activator=activator)
-    admin = AdminServer(uvicorn.Config(create_admin_app(controller, token), host=cfg.admin.host,
+    edge = EdgeStats.for_fleet(cfg) if g.edge_log_port else None
+    # on the compose network: the gateway's nginx sends its access log to autoscaler:<edge_log_port>
+    edge_rx = await listen_edge(edge, "0.0.0.0", g.edge_log_port) if edge and g.edge_log_port else None
+    admin = AdminServer(uvicorn.Config(create_admin_app(controller, token, edge), host=cfg.admin.host,
                                         port=cfg.admin.port, log_level="warning", access_log=False))
     admin_task = asyncio.create_task(admin.serve())
     # on the compose network only (not published): the gateway reaches it as autoscaler:8182
@@ -109,6 +115,8 @@ async def run_docker(cfg: FleetConfig) -> None:
         await controller.run(stop)
     finally:
         log.info("stopping the fleet")
+        if edge_rx is not None:
+            edge_rx.close()
         await controller.shutdown_replicas()
         await controller.close()
         admin.should_exit = True

@@ -24,6 +24,8 @@ from autoscaler.admin import AdminServer, create_admin_app
 from autoscaler.config import FleetConfig
 from autoscaler.controller import Controller
 from autoscaler.credentials import admin_token, keys_source
+from autoscaler.gateway.edge import EdgeStats
+from autoscaler.gateway.edge import listen as listen_edge
 from autoscaler.gateway.nginx import Gateway, LocalNginx, atomic_write
 from autoscaler.gateway.render import initial_routes, packaged_template, render_template
 from autoscaler.gateway.routing import routing_table
@@ -111,7 +113,10 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
     token, token_file = admin_token(cfg, run_dir)
     keys = keys_source(cfg, run_dir)
     act = cfg.activator
-    nginx = LocalNginx(run_dir, cfg.gateway, activator=f"{act.host}:{act.port}" if act.enabled else None)
+    edge_port = cfg.gateway.edge_log_port
+    admin_host = f"[{cfg.admin.host}]" if ":" in cfg.admin.host else cfg.admin.host
+    nginx = LocalNginx(run_dir, cfg.gateway, activator=f"{act.host}:{act.port}" if act.enabled else None,
+                       edge_log=f"{admin_host}:{edge_port}" if edge_port else None)
     nginx.render_main()
     adopted = nginx.adopt()
     gateway = Gateway(nginx.conf_dir, cfg.gateway, nginx.validate, nginx.reload, nginx.probe,
@@ -126,9 +131,11 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
                             TargetsWriter(run_dir / "prometheus" / "targets.json"), activator=activator)
     act_server = AdminServer(uvicorn.Config(create_activator_app(activator), host=act.host, port=act.port,
                                             log_level="warning", access_log=False)) if activator else None
-    admin = AdminServer(uvicorn.Config(create_admin_app(controller, token),
+    edge = EdgeStats.for_fleet(cfg) if edge_port else None
+    admin = AdminServer(uvicorn.Config(create_admin_app(controller, token, edge),
                                         host=cfg.admin.host, port=cfg.admin.port,
                                         log_level="warning", access_log=False))
+    edge_rx: asyncio.DatagramTransport | None = None
     try:
         # the activator first: the moment nginx listens, a request for a pool with no replica is held
         act_task = asyncio.create_task(act_server.serve(), name="activator") if act_server else None
@@ -142,6 +149,7 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
             log.info("adopted the running nginx (pid %s) of a previous run", nginx.pid)
         else:
             nginx.start()
+        edge_rx = await listen_edge(edge, cfg.admin.host, edge_port) if edge and edge_port else None
         if prom:
             prom.start()
         admin_task = asyncio.create_task(admin.serve(), name="admin-api")
@@ -164,6 +172,8 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
             await act_task
     finally:
         log.info("stopping: replicas, nginx, prometheus")
+        if edge_rx is not None:
+            edge_rx.close()
         await controller.shutdown_replicas()
         await controller.close()
         if activator:

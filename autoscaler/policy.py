@@ -61,6 +61,10 @@ class Decision:
     reason: str
     state: PolicyState = field(repr=False)
     recommendation: int | None = None
+    # what drove the count: a signal's name, "panic", "held_requests", or "none" (no data, bounds)
+    driver: str = "none"
+    # each configured signal: (name, value per replica, target) — for dashboards, not for decisions
+    signals: tuple[tuple[str, float, float], ...] = ()
 
 
 def _per_signal(pool: PoolConfig, s: PoolSignals) -> list[tuple[str, float, float, int]]:
@@ -165,6 +169,7 @@ def decide(
             per = pool.targets.concurrency or pool.targets.queue_depth or 1.0
             desired = max(desired, min(hi, max(1, math.ceil(last.held / per))))
             why = f"{last.held} requests held by the activator, no replica serving"
+            return _finish(pool, state, now, current, desired, None, False, why, "held_requests")
         return _finish(pool, state, now, current, desired, None, False, why)
 
     mean = _mean(window)
@@ -216,7 +221,8 @@ def decide(
     elif desired == 0 and current > 0:
         why += f"; idle {pool.scale_to_zero_after_s:g}s: to zero"
     new_state = replace(state, recommendations=recs, panic_until=panic_until if panic else None)
-    return _finish(pool, new_state, now, current, desired, raw, panic, why)
+    readings = tuple((n, v, t) for n, v, t, _ in per)
+    return _finish(pool, new_state, now, current, desired, raw, panic, why, "panic" if panic else name, readings)
 
 
 def _period(rules: ScaleRules) -> float:
@@ -232,6 +238,8 @@ def _finish(
     raw: int | None,
     panic: bool,
     why: str,
+    driver: str = "none",
+    signals: tuple[tuple[str, float, float], ...] = (),
 ) -> Decision:
     b = pool.behavior
     keep_for = max(_period(b.scale_up), _period(b.scale_down))
@@ -251,4 +259,4 @@ def _finish(
     warm = max([pool.warm_pool.min, *(s for _, s in steps)])
     warm = min(warm, pool.warm_pool.max, max(pool.max_replicas - desired, 0))
     new_state = replace(state, desired=desired, changes=changes, scale_up_steps=steps)
-    return Decision(desired, warm, panic, why, new_state, raw)
+    return Decision(desired, warm, panic, why, new_state, raw, driver, signals)

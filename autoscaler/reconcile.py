@@ -142,6 +142,9 @@ def note_crash(p: PoolConfig, st: PoolState, now: float, why: str) -> PoolState:
 
 
 ActionKind = Literal["stop", "promote", "activate", "retarget", "drain", "demote", "start", "sleep", "wake"]
+# the events dashboards draw as annotations: what changed a pool's replicas, and why it had to
+SCALE_EVENTS = ("start", "activate", "promote", "drain", "demote", "stop", "sleep", "wake", "panic", "reclaim",
+                "move", "crash", "start_failed")
 
 
 @dataclass(frozen=True)
@@ -438,7 +441,13 @@ def _pool_step(
             d.desired_active, d.desired_warm, d.panic):
         events.append(Event("decision", p.name, {
             "desired_active": d.desired_active, "desired_warm": d.desired_warm, "panic": d.panic,
-            "reason": d.reason, "active": view.active, "warm": view.warm}))
+            "reason": d.reason, "active": view.active, "warm": view.warm, "driver": d.driver,
+            "direction": "initial" if prev is None else "up" if d.desired_active > prev.desired_active else
+            "down" if d.desired_active < prev.desired_active else "same"}))
+    if d.panic and not (prev is not None and prev.panic):
+        events.append(Event("panic", p.name, {"desired_active": d.desired_active, "reason": d.reason}))
+    elif prev is not None and prev.panic and not d.panic:
+        events.append(Event("panic_end", p.name, {"desired_active": d.desired_active}))
     sat = next_saturation(p.saturation, sig, st.saturation, now)
     if sat.saturated != st.saturation.saturated:
         events.append(Event("overflow" if sat.saturated else "overflow_end", p.name, {

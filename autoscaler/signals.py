@@ -19,6 +19,7 @@ _WAITING = ("vllm:num_requests_waiting", "sglang:num_queue_reqs", "tgi_queue_siz
 _KV = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage")
 _TTFT = ("vllm:time_to_first_token_seconds",)
 _SUCCESS = ("vllm:request_success",)
+_SIM_GPU_MEM = "gpufleet_sim_gpu_memory_bytes"  # the sim engine's: what its virtual slot "holds"
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,14 @@ class ReplicaSample:
     kv_usage: float
     ttft_buckets: tuple[tuple[float, float], ...]  # cumulative (le, count), ascending le
     requests_total: float
+    sim_gpu_memory_bytes: float = 0.0
 
 
 def parse_metrics(text: str, t: float) -> ReplicaSample:
     """One scrape → one sample. Anything the signals cannot use honestly (NaN, ±Inf, a bucket without
     a numeric `le`, text the parser refuses) is a ValueError: the replica's scrape failed, and only
     that replica's health pays for it."""
-    running = waiting = kv = requests = 0.0
+    running = waiting = kv = requests = sim_mem = 0.0
     buckets: dict[float, float] = {}
     try:
         families = list(text_string_to_metric_families(text))
@@ -62,9 +64,11 @@ def parse_metrics(text: str, t: float) -> ReplicaSample:
                 buckets[le] = buckets.get(le, 0.0) + s.value
             elif fam.name in _SUCCESS and s.name.endswith("_total"):
                 requests += s.value
+            elif fam.name == _SIM_GPU_MEM and math.isfinite(s.value):
+                sim_mem += s.value
     if running < 0 or waiting < 0:
         raise ValueError(f"negative request counts (running {running}, waiting {waiting})")
-    return ReplicaSample(t, running, waiting, kv, tuple(sorted(buckets.items())), requests)
+    return ReplicaSample(t, running, waiting, kv, tuple(sorted(buckets.items())), requests, sim_mem)
 
 
 @dataclass(frozen=True)

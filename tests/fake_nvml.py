@@ -26,13 +26,20 @@ class FakeNvml:
     NVML_FEATURE_ENABLED = pynvml.NVML_FEATURE_ENABLED
     NVML_FEATURE_DISABLED = pynvml.NVML_FEATURE_DISABLED
     NVML_NVLINK_MAX_LINKS = pynvml.NVML_NVLINK_MAX_LINKS
+    NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
+    NVML_CLOCK_SM = pynvml.NVML_CLOCK_SM
 
     def __init__(self, topo: Topology, name: str = "NVIDIA H100 80GB HBM3", memory_mb: int = 81559,
-                 lost: tuple[int, ...] = ()) -> None:
+                 lost: tuple[int, ...] = (), load: dict[int, dict[str, int]] | None = None,
+                 unsupported: dict[int, set[str]] | None = None) -> None:
         self.topo = topo
         self.name = name
         self.memory_mb = memory_mb
         self.lost = set(lost)
+        # per GPU, what its telemetry calls answer: util, mem_util (%), used_mb, temp (C), power_mw, energy_mj,
+        # sm_mhz; unsupported: the calls that raise NVML_ERROR_NOT_SUPPORTED on that GPU (as on some boards)
+        self.load = load or {}
+        self.unsupported = unsupported or {}
         self.inits = 0
         n = topo.n
         self.bus = [f"00000000:{0x10 + 0x10 * i:02X}:00.0" for i in range(n)]
@@ -81,9 +88,36 @@ class FakeNvml:
             raise self._err(pynvml.NVML_ERROR_GPU_IS_LOST)
         m = pynvml.c_nvmlMemory_t()
         m.total = self.memory_mb * 1024 * 1024
-        m.free = m.total
-        m.used = 0
+        m.used = self._load(h, "used_mb") * 1024 * 1024
+        m.free = m.total - m.used
         return m
+
+    def _load(self, h: int, what: str, call: str | None = None) -> int:
+        if h in self.lost:
+            raise self._err(pynvml.NVML_ERROR_GPU_IS_LOST)
+        if call in self.unsupported.get(h, set()):
+            raise self._err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return self.load.get(h, {}).get(what, 0)
+
+    def nvmlDeviceGetUtilizationRates(self, h: int) -> Any:
+        u = pynvml.c_nvmlUtilization_t()
+        u.gpu = self._load(h, "util", "nvmlDeviceGetUtilizationRates")
+        u.memory = self._load(h, "mem_util")
+        return u
+
+    def nvmlDeviceGetTemperature(self, h: int, sensor: int) -> int:
+        assert sensor == pynvml.NVML_TEMPERATURE_GPU
+        return self._load(h, "temp", "nvmlDeviceGetTemperature")
+
+    def nvmlDeviceGetPowerUsage(self, h: int) -> int:
+        return self._load(h, "power_mw", "nvmlDeviceGetPowerUsage")
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h: int) -> int:
+        return self._load(h, "energy_mj", "nvmlDeviceGetTotalEnergyConsumption")
+
+    def nvmlDeviceGetClockInfo(self, h: int, clock: int) -> int:
+        assert clock == pynvml.NVML_CLOCK_SM
+        return self._load(h, "sm_mhz", "nvmlDeviceGetClockInfo")
 
     def nvmlDeviceGetPciInfo(self, h: int) -> Any:
         p = pynvml.nvmlPciInfo_t()

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from autoscaler.gateway.render import (
     render_template,
 )
 from autoscaler.gateway.routing import STATE_FILE, state_document
+from autoscaler.histogram import Hist
 from autoscaler.procs import pid_alive
 
 log = logging.getLogger("gpufleet.gateway")
@@ -61,12 +62,18 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+# the autoscaler's own reload probes: not client traffic, so not in the edge metrics
+PROBE_HEADERS = {"X-Gpufleet-Probe": "1"}
+
+
 @dataclass
 class GatewayStats:
     reloads: int = 0
     render_errors: int = 0
     last_reload_at: float | None = None  # wall clock
     last_reload_s: float | None = None  # nginx -t + signal
+    # nginx -t + signal + (with a probe) until nginx serves the new config
+    reload_seconds: Hist = field(default_factory=lambda: Hist((0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)))
     last_error: str | None = None
 
 
@@ -239,6 +246,7 @@ class Gateway:
         self.stats.reloads += 1
         self.stats.last_reload_at = time.time()
         self.stats.last_reload_s = dt
+        self.stats.reload_seconds.observe(dt)
         return True
 
     def _confirm(self, generation: str | None, timeout_s: float = 3.0) -> None:
@@ -271,11 +279,12 @@ DOCKER_CONF_DIR = "/etc/nginx/gpufleet"  # a volume the autoscaler writes
 MAIN_CONF = "nginx.conf"
 
 
+DOCKER_AUTOSCALER_HOST = "autoscaler"  # the compose service
 DOCKER_ACTIVATOR = "autoscaler:8182"  # the compose service, resolved by Docker's DNS at request time
 
 
 def docker_nginx_conf(port: int = 8080, client_max_body_size: str = "1m", worker_shutdown_timeout: int = 240,
-                      activator: bool = True) -> str:
+                      activator: bool = True, edge_log_port: int | None = 8183) -> str:
     """The gateway's nginx.conf in Docker: the same template as the local stack, container paths. The image
     carries it rendered with the defaults; the autoscaler renders it again from fleet.yaml."""
     return render_template(
@@ -285,6 +294,7 @@ def docker_nginx_conf(port: int = 8080, client_max_body_size: str = "1m", worker
         error_log="/dev/stderr",
         port=port, client_max_body_size=client_max_body_size,
         activator=DOCKER_ACTIVATOR if activator else None, resolver="127.0.0.11",
+        edge_log=f"{DOCKER_AUTOSCALER_HOST}:{edge_log_port}" if edge_log_port else None,
     )
 
 
@@ -307,8 +317,9 @@ class LocalNginx:
     """nginx as a child process of `gpufleet up --local`."""
 
     def __init__(self, run_dir: Path, cfg: GatewayConfig, binary: str | None = None,
-                 activator: str | None = None) -> None:
+                 activator: str | None = None, edge_log: str | None = None) -> None:
         self.activator = activator  # host:port of the activator, None: 503 while a pool has no replica
+        self.edge_log = edge_log  # host:port the access log goes to over UDP (the edge metrics), None: off
         self.run_dir = run_dir
         self.conf_dir = run_dir / "nginx"
         self.cfg = cfg
@@ -369,7 +380,7 @@ class LocalNginx:
             listen=self.cfg.listen_host,
             port=self.cfg.port,
             client_max_body_size=self.cfg.client_max_body_size,
-            activator=self.activator, resolver=None,
+            activator=self.activator, resolver=None, edge_log=self.edge_log,
         )
         atomic_write(self.conf, text)
 
@@ -381,7 +392,8 @@ class LocalNginx:
     def probe(self) -> str | None:
         host = "127.0.0.1" if self.cfg.listen in ("0.0.0.0", "::", "") else self.cfg.listen_host
         with httpx.Client(timeout=1.0) as c:  # a new connection: what a new client would get
-            return c.get(f"http://{host}:{self.cfg.port}/v1/models").headers.get("x-gpufleet-generation")
+            r = c.get(f"http://{host}:{self.cfg.port}/v1/models", headers=PROBE_HEADERS)
+            return r.headers.get("x-gpufleet-generation")
 
     def validate(self) -> tuple[bool, str]:
         r = subprocess.run(self._cmd("-t", "-q"), capture_output=True, text=True, timeout=30)

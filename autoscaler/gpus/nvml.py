@@ -127,6 +127,11 @@ def _ancestor(nvml: Any, a: Any, b: Any) -> LinkKind:
         return LinkKind.SYS
 
 
+def handle(nvml: Any, g: Gpu) -> Any:
+    """NVML's handle for a GPU of the topology: by UUID where it has one, so an index that moved cannot mislead."""
+    return nvml.nvmlDeviceGetHandleByUUID(g.id) if g.id.startswith("GPU-") else nvml.nvmlDeviceGetHandleByIndex(g.index)
+
+
 def failing_gpus(nvml: Any, topo: Topology) -> dict[int, str]:
     """GPUs whose NVML calls fail now (lost, fallen off the bus): to be cordoned."""
     bad: dict[int, str] = {}
@@ -134,9 +139,7 @@ def failing_gpus(nvml: Any, topo: Topology) -> dict[int, str]:
     try:
         for g in topo.gpus:
             try:
-                h = nvml.nvmlDeviceGetHandleByUUID(g.id) if g.id.startswith("GPU-") else \
-                    nvml.nvmlDeviceGetHandleByIndex(g.index)
-                nvml.nvmlDeviceGetMemoryInfo(h)
+                nvml.nvmlDeviceGetMemoryInfo(handle(nvml, g))
             except nvml.NVMLError as e:
                 bad[g.index] = f"NVML: {e}"
     finally:

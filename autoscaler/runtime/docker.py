@@ -24,6 +24,7 @@ import time
 import uuid
 from typing import Any
 
+from autoscaler.gateway.nginx import PROBE_HEADERS
 from autoscaler.runtime.base import Replica, ReplicaSpec, Role, fill_argv
 
 L = "io.gpufleet."
@@ -261,4 +262,5 @@ class DockerNginx:
         import httpx
 
         with httpx.Client(timeout=1.0) as c:
-            return c.get(f"http://{self.service}:{port}/v1/models").headers.get("x-gpufleet-generation")
+            r = c.get(f"http://{self.service}:{port}/v1/models", headers=PROBE_HEADERS)
+            return r.headers.get("x-gpufleet-generation")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from autoscaler.signals import ReplicaSample
 from inference.engines.profiles import SimProfile
-from inference.metrics import _TTFT_BUCKETS
+from inference.metrics import TTFT_BUCKETS
 
 _EPS = 1e-9
 
@@ -54,7 +54,7 @@ class SimReplica:
         self.seg_dt = 0.0  # every later step's length, while the batch stays the same
         self.wake_at = math.inf  # the next step boundary that changes something
         self.requests_total = 0
-        self.ttft_counts = [0] * (len(_TTFT_BUCKETS) + 1)
+        self.ttft_counts = [0] * (len(TTFT_BUCKETS) + 1)
 
     @property
     def load(self) -> int:
@@ -112,7 +112,7 @@ class SimReplica:
         first = t + self.seg_first
         for r in admitted:
             r.first_token = first
-            self.ttft_counts[bisect.bisect_left(_TTFT_BUCKETS, first - r.at)] += 1
+            self.ttft_counts[bisect.bisect_left(TTFT_BUCKETS, first - r.at)] += 1
         k = min(r.end_step for r in self.running) - self.steps
         self.wake_at = t + self.seg_first + (k - 1) * self.seg_dt
 
@@ -132,7 +132,7 @@ class SimReplica:
         if with_ttft:
             acc = 0
             out = []
-            for le, c in zip((*_TTFT_BUCKETS, math.inf), self.ttft_counts, strict=True):
+            for le, c in zip((*TTFT_BUCKETS, math.inf), self.ttft_counts, strict=True):
                 acc += c
                 out.append((le, float(acc)))
             buckets = tuple(out)

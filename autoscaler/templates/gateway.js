@@ -200,6 +200,8 @@ function route(r) {
         return fail(r, 404, 'The model `' + model + '` does not exist or you do not have access to it.',
                     'invalid_request_error', 'model', 'model_not_found');
     }
+    // a name fleet.yaml knows (a pool's model or an alias): safe as a metric label
+    r.variables.gf_model = model;
     var rule = ruleFor(r, key, model, body);
     var chosen = rule ? rule.pool : pool;
     var why = rule ? 'rule:' + rule.name : (model === own(cfg.models, pool) ? 'model' : 'alias');

@@ -29,6 +29,17 @@ def test_promtool_accepts_rules_and_compose_config(tmp_path: Path):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_promtool_unit_tests_of_the_alerts_pass():
+    """Each alert fires on the series that should fire it, with its summary, and not on a healthy neighbour."""
+    require_host_binaries()
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool comes with Debian's prometheus package"
+    r = subprocess.run([promtool, "test", "rules", str(ROOT / "prometheus" / "tests" / "rules_test.yml")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SUCCESS" in r.stdout
+
+
 def test_dashboard_queries_run_on_the_live_prometheus(local_stack):
     """Grafana is not in the offline stack, so its dashboard is checked against Prometheus directly."""
     stack = local_stack({"pools": [sim_pool()]})

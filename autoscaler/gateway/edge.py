@@ -1,0 +1,131 @@
+"""What clients saw at the gateway: nginx's access log, one UDP syslog datagram a request, as metrics.
+
+Per route figures (pool, model, status, latency) come from the access log because only nginx knows
+which pool a request went to (njs sets `$gf_route`) and what it answered, including the requests it
+refused itself (401 without a key, 429 from a limit) that never reach a replica. Connection-level
+figures (accepted, active, handled) come from nginx's stub_status through Debian's
+`prometheus-nginx-exporter`, where it is installed.
+
+UDP: a slow or absent autoscaler never slows a request; a lost datagram loses one count, and a line
+that does not parse is counted as such, never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+
+from autoscaler.config import FleetConfig
+from autoscaler.histogram import Hist
+
+log = logging.getLogger("gpufleet.edge")
+
+# seconds, as clients see a whole request: a short completion to a long held stream
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+NONE = "none"  # the pool or model label of a request refused before routing (401, 429, a bad body)
+OTHER = "other"  # a name that is not in fleet.yaml: never a label of its own (cardinality)
+
+
+@dataclass(frozen=True)
+class EdgeRecord:
+    pool: str
+    model: str
+    status: str
+    seconds: float
+
+
+def parse_line(line: str, pools: Iterable[str], models: Iterable[str]) -> EdgeRecord | None:
+    """One syslog datagram of the `gpufleet_edge` log format → a record; None for what is not an API
+    request (/health, probes). Raises ValueError for text that is not such a line."""
+    i = line.find("{")
+    if i < 0:
+        raise ValueError("no JSON in the line")
+    try:
+        d = json.loads(line[i:])
+        uri, status, rt = str(d["uri"]), str(d["status"]), float(d["rt"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"not a gpufleet_edge line: {e}") from None
+    if not uri.startswith(("/v1/", "/_pool")):
+        return None
+    if not (status.isdigit() and len(status) == 3):
+        raise ValueError(f"status {status!r} is not an HTTP status")
+    route = str(d.get("route") or "")
+    pool = NONE
+    if route.startswith("pool="):
+        name = route[5:].split(";", 1)[0]
+        pool = name if name in set(pools) else OTHER
+    model = str(d.get("model") or "")
+    model = (model if model in set(models) else OTHER) if model else NONE
+    return EdgeRecord(pool, model, status, max(rt, 0.0))
+
+
+@dataclass
+class EdgeStats:
+    """Counters since start (Prometheus takes a restart's reset as a counter reset)."""
+
+    pools: tuple[str, ...]
+    models: tuple[str, ...]
+    requests: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    latency: dict[str, Hist] = field(default_factory=dict)  # per pool
+    lines: Counter[str] = field(default_factory=Counter)  # parsed, ignored, unparsable
+
+    @classmethod
+    def for_fleet(cls, cfg: FleetConfig) -> EdgeStats:
+        return cls(tuple(p.name for p in cfg.pools), tuple(m for p in cfg.pools for m in (p.model, *p.aliases)))
+
+    def add_line(self, line: str) -> None:
+        try:
+            rec = parse_line(line, self.pools, self.models)
+        except ValueError as e:
+            self.lines["unparsable"] += 1
+            log.debug("edge log line not understood: %s: %r", e, line[:200])
+            return
+        if rec is None:
+            self.lines["ignored"] += 1
+            return
+        self.lines["parsed"] += 1
+        self.requests[(rec.pool, rec.model, rec.status)] += 1
+        self.latency.setdefault(rec.pool, Hist(BUCKETS)).observe(rec.seconds)
+
+    def metrics(self) -> Iterator[Metric]:
+        reqs = CounterMetricFamily("gpufleet_edge_requests", "API requests answered by the gateway, by the pool "
+                                   "that served (none: refused before routing) and status", labels=["pool", "model",
+                                                                                                   "status"])
+        for (pool, model, status), n in sorted(self.requests.items()):
+            reqs.add_metric([pool, model, status], n)
+        yield reqs
+        hist = HistogramMetricFamily("gpufleet_edge_request_duration_seconds", "Request time as nginx saw it "
+                                     "(first byte in to last byte out)", labels=["pool"])
+        for pool, h in sorted(self.latency.items()):
+            hist.add_metric([pool], h.buckets(), h.sum)
+        yield hist
+        lines = CounterMetricFamily("gpufleet_edge_log_lines", "Access-log datagrams received, by what became "
+                                    "of them", labels=["result"])
+        for result in ("parsed", "ignored", "unparsable"):
+            lines.add_metric([result], self.lines[result])
+        yield lines
+
+
+class _Receiver(asyncio.DatagramProtocol):
+    def __init__(self, stats: EdgeStats) -> None:
+        self.stats = stats
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.stats.add_line(data.decode("utf-8", "replace"))
+
+
+async def listen(stats: EdgeStats, host: str, port: int) -> asyncio.DatagramTransport:
+    """Receive the gateway's access log on UDP host:port (the caller closes the transport)."""
+    loop = asyncio.get_running_loop()
+    try:
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Receiver(stats), local_addr=(host, port))
+    except OSError as e:
+        raise RuntimeError(f"cannot receive the gateway's access log on UDP {host}:{port} ({e.strerror}): "
+                           f"set gateway.edge_log_port to a free port, or null to go without edge metrics") from None
+    return transport

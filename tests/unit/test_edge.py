@@ -1,0 +1,86 @@
+"""The gateway's access log (nginx's syslog datagrams, `gpufleet_edge` format) as edge metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import pytest
+
+from autoscaler.gateway.edge import EdgeStats, listen, parse_line
+
+POOLS, MODELS = ("chat", "code"), ("tiny-chat", "tiny-alias", "coder")
+
+
+def datagram(status: int | str, rt: str, uri: str = "/v1/chat/completions", route: str = "", model: str = "") -> str:
+    # what nginx sends with `syslog:...,tag=gpufleet,nohostname` and `escape=json`
+    body = json.dumps({"status": str(status), "rt": rt, "uri": uri, "route": route, "model": model, "key": ""})
+    return f"<190>Dec  2 05:20:49 gpufleet: {body}"
+
+
+def test_a_routed_request_counts_for_its_pool_model_and_status():
+    rec = parse_line(datagram(200, "0.731", route="pool=chat; reason=alias", model="tiny-alias"), POOLS, MODELS)
+    assert (rec.pool, rec.model, rec.status, rec.seconds) == ("chat", "tiny-alias", "200", 0.731)
+
+
+def test_refused_before_routing_is_pool_none_and_unknown_names_never_become_labels():
+    assert parse_line(datagram(401, "0.000"), POOLS, MODELS).pool == "none"
+    rec = parse_line(datagram(200, "1.0", route="pool=evil; reason=x", model="x" * 300), POOLS, MODELS)
+    assert (rec.pool, rec.model) == ("other", "other")
+
+
+def test_health_probes_are_not_api_traffic():
+    assert parse_line(datagram(200, "0.000", uri="/health"), POOLS, MODELS) is None
+
+
+@pytest.mark.parametrize("line", ["", "hello", "<190>gpufleet: {not json", datagram("2000", "0.1"),
+                                  datagram(200, "fast"), "<190>gpufleet: []"])
+def test_garbage_is_counted_not_raised(line: str):
+    stats = EdgeStats(POOLS, MODELS)
+    stats.add_line(line)
+    assert stats.lines["unparsable"] == 1 and not stats.requests
+
+
+def test_latency_buckets_are_cumulative_per_pool():
+    stats = EdgeStats(POOLS, MODELS)
+    for rt in ("0.04", "0.3", "0.3", "700"):
+        stats.add_line(datagram(200, rt, route="pool=code; reason=model", model="coder"))
+    b = dict(stats.latency["code"].buckets())
+    assert (b["0.05"], b["0.5"], b["600"], b["+Inf"]) == (1, 3, 3, 4)
+    assert stats.latency["code"].sum == pytest.approx(700.64)
+    fams = {f.name: f for f in stats.metrics()}
+    assert [s.value for s in fams["gpufleet_edge_requests"].samples if s.name.endswith("_total")] == [4]
+
+
+def test_datagrams_arrive_over_udp():
+    stats = EdgeStats(POOLS, MODELS)
+
+    async def go() -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        transport = await listen(stats, "127.0.0.1", port)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+                tx.sendto(datagram(429, "0.001", route="pool=chat; reason=model", model="tiny-chat").encode(),
+                          ("127.0.0.1", port))
+            for _ in range(100):
+                if stats.requests:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            transport.close()
+
+    asyncio.run(go())
+    assert stats.requests == {("chat", "tiny-chat", "429"): 1}
+
+
+def test_a_taken_port_is_a_clear_error():
+    async def go() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as held:
+            held.bind(("127.0.0.1", 0))
+            with pytest.raises(RuntimeError, match="edge_log_port"):
+                await listen(EdgeStats(POOLS, MODELS), "127.0.0.1", held.getsockname()[1])
+
+    asyncio.run(go())
