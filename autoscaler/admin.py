@@ -128,6 +128,7 @@ class FleetCollector(Collector):
         slo = GaugeMetricFamily("gpufleet_pool_slo_ttft_bucket", "1 for the TTFT histogram bucket (le) that is "
                                 "the pool's SLO: multiply a bucket rate by it to read attainment",
                                 labels=["pool", "le"])
+        slo_s = GaugeMetricFamily("gpufleet_pool_slo_ttft_seconds", "The pool's TTFT SLO (slo.ttft_s)", labels=["pool"])
         objective = GaugeMetricFamily("gpufleet_pool_slo_objective", "Share of requests the pool promises within "
                                       "its TTFT SLO", labels=["pool"])
         for p in c.cfg.pools:
@@ -140,13 +141,14 @@ class FleetCollector(Collector):
                     target.add_metric([p.name, name], float(tgt))
             # prometheus_client's (and vLLM's) spelling of the bound, so the label matches the bucket's
             slo.add_metric([p.name, floatToGoString(p.slo.ttft_s)], 1.0)
+            slo_s.add_metric([p.name], p.slo.ttft_s)
             objective.add_metric([p.name], p.slo.objective)
         decisions = CounterMetricFamily("gpufleet_scale_decisions", "Changes of a pool's desired replicas, by "
                                         "direction and what drove them (a signal, panic, held_requests, none)",
                                         labels=["pool", "direction", "driver"])
         for (pool, direction, driver), n in sorted(c.decisions.items()):
             decisions.add_metric([pool, direction, driver], n)
-        yield from (per, target, slo, objective, decisions)
+        yield from (per, target, slo, slo_s, objective, decisions)
 
     def _gpus(self) -> Iterator[Metric]:
         c = self.c
@@ -160,6 +162,13 @@ class FleetCollector(Collector):
             role = r.role if r else "cordoned" if g.id in c.placer.cordoned else "free"
             holder.add_metric([str(g.index), g.id, r.pool if r else "", r.id if r else "", role], 1.0)
         yield holder
+        links = GaugeMetricFamily("gpufleet_gpu_link", "The link between two GPUs as `nvidia-smi topo -m` names it "
+                                  "(link label); the value is the NVLink count, 0 for PCIe paths",
+                                  labels=["gpu", "peer", "link"])
+        topo = c.placer.topo
+        for (i, j), link in sorted(topo.links.items()):
+            links.add_metric([f"GPU{i}", f"GPU{j}", str(link)], float(link.nvlinks))
+        yield links
         secs = CounterMetricFamily("gpufleet_gpu_seconds", "GPU-seconds held by replicas, by pool and role (the "
                                    "cost counter)", labels=["pool", "role"])
         for p in c.cfg.pools:

@@ -198,6 +198,39 @@ def _scale_test(args: argparse.Namespace) -> int:
     return 0 if summary["slo_met"] else 1
 
 
+def _dashboards(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        print("gpufleet dashboards: drawing needs matplotlib: `make install` (or pip install 'gpufleet[report]')",
+              file=sys.stderr)
+        return 2
+    from autoscaler.dashboards.render import Prometheus, PrometheusError, Window, load_dashboards, render_png
+
+    try:
+        dashes = load_dashboards(args.dashboards)
+    except FileNotFoundError as e:
+        print(f"gpufleet dashboards: {e}", file=sys.stderr)
+        return 2
+    prom = Prometheus(args.prometheus)
+    end = args.end if args.end is not None else time.time()
+    start = end - args.since
+    w = Window(start, end, step=max(args.since / 400, 1.0), scrape_s=prom.scrape_interval())
+    empty = 0
+    try:
+        for d in dashes:
+            name = d["uid"].removeprefix("gpufleet-")
+            out = args.png / f"{name}.png"
+            panels = render_png(prom, d, w, out, pool=args.pool)
+            missing = [p.title for p in panels if p.empty or p.errors]
+            empty += len(missing)
+            print(f"{out}: {len(panels)} panels" + (f"; no data: {', '.join(missing)}" if missing else ""))
+    except PrometheusError as e:
+        print(f"gpufleet dashboards: {e}", file=sys.stderr)
+        return 1
+    return 0 if not empty else 3
+
+
 def _trace_scenario(path: Path, cfg: object, args: argparse.Namespace) -> tuple[object, Path]:
     """A trace file given as is: replay it whole, at its own times, lengths capped to the model's context."""
     from autoscaler.scaletest.scenario import Scenario
@@ -357,6 +390,15 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--duration", type=float, default=None, help="override the scenario's duration (s)")
     st.add_argument("--no-plot", action="store_true", help="no timeline.png (no matplotlib needed)")
     st.set_defaults(func=_scale_test)
+    db = sub.add_parser("dashboards", help="draw the Grafana dashboards' panels from Prometheus into PNGs "
+                        "(for the offline stack, which has no Grafana)")
+    db.add_argument("--png", type=Path, required=True, metavar="DIR", help="write DIR/<dashboard>.png")
+    db.add_argument("--prometheus", default="http://127.0.0.1:9090", help="Prometheus' URL")
+    db.add_argument("--since", type=float, default=1800, metavar="S", help="the time range: the last S seconds")
+    db.add_argument("--end", type=float, default=None, help="the range's end (unix time; default now)")
+    db.add_argument("--pool", default=".*", help="the dashboards' $pool (a regex; default all)")
+    db.add_argument("--dashboards", type=Path, default=None, help="the dashboards' JSON (default grafana/dashboards)")
+    db.set_defaults(func=_dashboards)
     sm = sub.add_parser("simulate", help="replay a scenario or trace through a simulated fleet "
                         "(the real reconcile on simulated time); --compare runs the baselines too")
     sm.add_argument("scenario", nargs="?", default="default",

@@ -286,6 +286,9 @@ class GatewayConfig(_Strict):
     # nginx sends each access-log line to the autoscaler over UDP (syslog) on this port: the edge
     # metrics (requests by pool/model/status, edge latency). None: off.
     edge_log_port: int | None = Field(default=8183, ge=1, le=65535)
+    # nginx's stub_status (connections) for prometheus-nginx-exporter, on 127.0.0.1 locally (8184 in Docker,
+    # on the compose network only). None: off.
+    status_port: int | None = Field(default=8184, ge=1, le=65535)
 
     _listen = field_validator("listen")(_ip_or_localhost)
 
@@ -317,6 +320,8 @@ class PrometheusConfig(_Strict):
     listen: str = "127.0.0.1"
     _listen = field_validator("listen")(_ip_or_localhost)
     port: int = Field(default=9090, ge=1, le=65535)
+    # the local stack runs Debian's prometheus-nginx-exporter here (127.0.0.1) when it is installed
+    nginx_exporter_port: int = Field(default=9113, ge=1, le=65535)
 
 
 class GpuConfig(_Strict):
@@ -436,7 +441,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
             "model": "gpufleet-tiny-chat",
             "engine": "sim",
             "sim": {"profile": "tiny"},
-            "gpus_per_replica": 0,
+            # a virtual slot on a CPU-only host (or a real GPU where NVML finds one): the GPU and cost
+            # dashboards then show who holds what
+            "gpus_per_replica": 1,
             "min_replicas": 1,
             "max_replicas": 4,
             "warm_pool": {"min": 1, "max": 2},

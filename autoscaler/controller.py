@@ -386,7 +386,7 @@ class Controller:
         try:
             if self.placer.nvml is not None:
                 self.gpu_readings = await asyncio.to_thread(read_nvml, self.placer.nvml, topo)
-            elif self.placer.virtual:
+            else:  # virtual slots or a topology file: the sim replicas' load stands in, labelled simulated
                 load: dict[str, SlotLoad] = {}
                 for r in self.replicas:
                     h = self.health.get(r.id)
@@ -394,7 +394,7 @@ class Controller:
                         continue
                     s = h.samples[-1]
                     for g in r.gpus:
-                        load[g] = SlotLoad(s.sim_gpu_memory_bytes / len(r.gpus), s.kv_usage)
+                        load[g] = SlotLoad(s.sim_gpu_memory_bytes / len(r.gpus), s.running, s.kv_usage)
                 self.gpu_readings = simulated_readings(topo, load)
         except Exception as e:  # dashboards can miss a reading; the control loop must not
             log.warning("reading GPU telemetry failed: %s", e)

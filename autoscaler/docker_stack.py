@@ -91,7 +91,8 @@ async def run_docker(cfg: FleetConfig) -> None:
                       main_conf=lambda: docker_nginx_conf(client_max_body_size=g.client_max_body_size,
                                                           worker_shutdown_timeout=g.worker_shutdown_timeout_s,
                                                           activator=act.enabled,
-                                                          edge_log_port=g.edge_log_port),
+                                                          edge_log_port=g.edge_log_port,
+                                                          stub_status=g.status_port is not None),
                       activator=act.enabled, keys=keys, routing=routing_table(cfg))
     # Every pool's model, none serving: the gateway, even restarted before the first reload, sends their
     # requests to the activator (which forwards to replicas it is told of), never a 404. Overwriting what

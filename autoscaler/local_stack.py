@@ -45,8 +45,59 @@ def _stop_stale(pid_file: Path, sig: int = signal.SIGQUIT) -> None:
         pass
 
 
+def _spawn(directory: Path, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    """A helper process of the stack: its log and pid file in `directory`; one a killed run left is stopped."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _stop_stale(directory / f"{name}.pid", signal.SIGTERM)
+    log_f = open(directory / f"{name}.log", "ab")  # noqa: SIM115 (lives with the process)
+    proc = subprocess.Popen(argv, stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True)
+    (directory / f"{name}.pid").write_text(str(proc.pid))
+    return proc
+
+
+def _terminate(proc: subprocess.Popen[bytes] | None, pid_file: Path) -> None:
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    pid_file.unlink(missing_ok=True)
+
+
+class LocalNginxExporter:
+    """Debian's prometheus-nginx-exporter on nginx's stub_status: connections accepted, active, handled."""
+
+    def __init__(self, run_dir: Path, cfg: FleetConfig) -> None:
+        self.dir = run_dir / "prometheus"
+        self.binary = shutil.which("prometheus-nginx-exporter")
+        self.status_port = cfg.gateway.status_port
+        self.listen = f"127.0.0.1:{cfg.prometheus.nginx_exporter_port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.binary is not None and self.status_port is not None
+
+    def start(self) -> None:
+        if not self.usable:
+            if self.status_port is not None:
+                log.warning("prometheus-nginx-exporter not found: no connection-level gateway metrics "
+                            "(apt-get install prometheus-nginx-exporter)")
+            return
+        assert self.binary is not None
+        self.proc = _spawn(self.dir, "nginx-exporter", [
+            self.binary, f"-nginx.scrape-uri=http://127.0.0.1:{self.status_port}/stub_status",
+            f"-web.listen-address={self.listen}", "-nginx.retries=30", "-nginx.retry-interval=1s"])
+
+    def stop(self) -> None:
+        _terminate(self.proc, self.dir / "nginx-exporter.pid")
+
+
 class LocalPrometheus:
-    def __init__(self, run_dir: Path, cfg: FleetConfig, token_file: Path | None = None) -> None:
+    def __init__(self, run_dir: Path, cfg: FleetConfig, token_file: Path | None = None,
+                 nginx_exporter: str | None = None) -> None:
+        self.nginx_exporter = nginx_exporter  # host:port to scrape, None: not running
         self.dir = run_dir / "prometheus"
         self.cfg = cfg
         self.token_file = token_file  # the admin token, to scrape the autoscaler
@@ -64,28 +115,16 @@ class LocalPrometheus:
             packaged_template("prometheus.yml.j2"), mode="local", scrape_interval="2s",
             rule_files=[str(rules)] if rules.exists() else [],
             autoscaler_target=f"{self.cfg.admin.host}:{self.cfg.admin.port}",
-            targets_file=str(self.targets), credentials_file=self.token_file,
+            targets_file=str(self.targets), credentials_file=self.token_file, nginx_exporter=self.nginx_exporter,
         )
         atomic_write(self.dir / "prometheus.yml", text)
-        _stop_stale(self.dir / "prometheus.pid", signal.SIGTERM)
-        log_f = open(self.dir / "prometheus.log", "ab")  # noqa: SIM115 (lives with the process)
         p = self.cfg.prometheus
-        self.proc = subprocess.Popen(
-            [self.binary, f"--config.file={self.dir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address={p.listen}:{p.port}",
-             "--storage.tsdb.retention.time=2d"],
-            stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        (self.dir / "prometheus.pid").write_text(str(self.proc.pid))
+        self.proc = _spawn(self.dir, "prometheus", [
+            self.binary, f"--config.file={self.dir / 'prometheus.yml'}", f"--storage.tsdb.path={self.dir / 'data'}",
+            f"--web.listen-address={p.listen}:{p.port}", "--storage.tsdb.retention.time=2d"])
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        (self.dir / "prometheus.pid").unlink(missing_ok=True)
+        _terminate(self.proc, self.dir / "prometheus.pid")
 
 
 async def _supervise(nginx: LocalNginx, controller: Controller, stop: asyncio.Event, every_s: float = 0.2) -> None:
@@ -124,7 +163,9 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
                       state_dir=nginx.worker_state_dir())
     # adopted: nginx serves the fleet the files describe; the first update reloads it with today's
     gateway.write_initial(keep_existing=adopted, routes=initial_routes(cfg))
-    prom = LocalPrometheus(run_dir, cfg, token_file) if cfg.prometheus.enabled else None
+    exporter = LocalNginxExporter(run_dir, cfg) if cfg.prometheus.enabled else None
+    prom = LocalPrometheus(run_dir, cfg, token_file, nginx_exporter=exporter.listen if exporter and exporter.usable
+                           else None) if cfg.prometheus.enabled else None
     runtime = LocalRuntime(run_dir / "replicas")
     activator = Activator(cfg) if act.enabled else None
     controller = Controller(cfg, runtime, gateway, make_placer(cfg.gpus),
@@ -150,6 +191,8 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
         else:
             nginx.start()
         edge_rx = await listen_edge(edge, cfg.admin.host, edge_port) if edge and edge_port else None
+        if exporter:
+            exporter.start()
         if prom:
             prom.start()
         admin_task = asyncio.create_task(admin.serve(), name="admin-api")
@@ -180,6 +223,8 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
             await activator.close()
         nginx.stop()
         nginx.remove_state_dir()
+        if exporter:
+            exporter.stop()
         if prom:
             prom.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):

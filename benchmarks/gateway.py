@@ -10,7 +10,8 @@ Auth on: every proxied request carries an API key that njs hashes and looks up
 includes the key check. `--no-auth` measures without it. `--routing chain`: the pool has a fallback
 and two routing rules that do not match, so njs evaluates the rules and reads the saturation state
 file on every request; `--routing alias`: requests name an alias, so every body is rewritten
-(proxy_set_body).
+(proxy_set_body). `--edge-log`: nginx sends every request's access-log line to a receiver in this
+process over UDP (the edge metrics, as the autoscaler does), and the run reports how many it counted.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import httpx
 
 from autoscaler.config import GatewayConfig
 from autoscaler.gateway.access import KeysSource, hash_key, new_key
+from autoscaler.gateway.edge import EdgeStats
+from autoscaler.gateway.edge import listen as listen_edge
 from autoscaler.gateway.nginx import Gateway, LocalNginx
 from autoscaler.gateway.render import PoolRoute
 from tests.helpers import free_port, wait_for
@@ -123,11 +126,13 @@ def main() -> None:
     ap.add_argument("--no-auth", action="store_true", help="gateway.auth off: no key check")
     ap.add_argument("--routing", choices=["none", "chain", "alias"], default="none",
                     help="chain: fallback + rules (state file read per request); alias: body rewritten")
+    ap.add_argument("--edge-log", action="store_true", help="access log to a UDP receiver (the edge metrics)")
     args = ap.parse_args()
     (r1, a), (r2, b) = start_replica(), start_replica()
     run = Path(tempfile.mkdtemp(prefix="gpufleet-bench-"))
     cfg = GatewayConfig(port=free_port(), reload_min_interval_s=0)
-    ng = LocalNginx(run, cfg)
+    edge_port = free_port()
+    ng = LocalNginx(run, cfg, edge_log=f"127.0.0.1:{edge_port}" if args.edge_log else None)
     ng.render_main()
     keys_file = run / "keys.yaml"
     keys_file.write_text(f"keys: [{{name: bench, sha256: {hash_key(KEY)}, requests_per_s: 100000, "
@@ -143,10 +148,16 @@ def main() -> None:
             await gw.update([PoolRoute("bench", MODEL, (a,), replica_ids=("a",)), *spare])
             gw.publish_state({"bench": False, "spare": False}, time.time() + 3600)  # fresh for the whole run
             await asyncio.sleep(0.5)
+            edge = EdgeStats(("bench", "spare"), (MODEL, ALIAS))
+            rx = await listen_edge(edge, "127.0.0.1", edge_port) if args.edge_log else None
             direct = await load(f"http://{a}", args.requests, args.concurrency)
             proxied = await load(url, args.requests, args.concurrency, ALIAS if args.routing == "alias" else MODEL)
+            await asyncio.sleep(0.5)  # the last datagrams
+            counted = sum(n for (pool, _, _), n in edge.requests.items() if pool == "bench")
+            if rx is not None:
+                rx.close()
             flush, eff = await reloads(gw, url, a, b, args.reloads)
-            return {"direct": direct, "proxied": proxied, "flush": flush, "effective": eff}
+            return {"direct": direct, "proxied": proxied, "flush": flush, "effective": eff, "edge_counted": counted}
 
         res = asyncio.run(go())
     finally:
@@ -155,7 +166,8 @@ def main() -> None:
         r2.terminate()
     d, p = res["direct"], res["proxied"]
     out = {
-        "auth": not args.no_auth, "routing": args.routing,
+        "auth": not args.no_auth, "routing": args.routing, "edge_log": args.edge_log,
+        "edge_counted": res["edge_counted"] if args.edge_log else None,
         "concurrency": args.concurrency, "requests": args.requests,
         "direct_ms": {"p50": 1e3 * pct(d, 50), "p99": 1e3 * pct(d, 99)},
         "nginx_ms": {"p50": 1e3 * pct(p, 50), "p99": 1e3 * pct(p, 99)},

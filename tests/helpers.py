@@ -94,6 +94,8 @@ class LocalStack:
         cfg.setdefault("prometheus", {})["port"] = self.prom_port
         cfg.setdefault("activator", {}).setdefault("port", free_port())  # two stacks at once never collide
         cfg["gateway"].setdefault("edge_log_port", free_port())  # UDP: free for TCP is free enough here
+        cfg["gateway"].setdefault("status_port", free_port())
+        cfg["prometheus"].setdefault("nginx_exporter_port", free_port())
         self.config_path = tmp / "fleet.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg))
         self.url = f"http://127.0.0.1:{self.gw_port}"

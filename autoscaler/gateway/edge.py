@@ -29,6 +29,7 @@ log = logging.getLogger("gpufleet.edge")
 # seconds, as clients see a whole request: a short completion to a long held stream
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 NONE = "none"  # the pool or model label of a request refused before routing (401, 429, a bad body)
+REFUSALS = ("400", "401", "404", "413", "429", "503")  # what nginx answers before any pool is chosen
 OTHER = "other"  # a name that is not in fleet.yaml: never a label of its own (cardinality)
 
 
@@ -78,6 +79,11 @@ class EdgeStats:
     @classmethod
     def for_fleet(cls, cfg: FleetConfig) -> EdgeStats:
         return cls(tuple(p.name for p in cfg.pools), tuple(m for p in cfg.pools for m in (p.model, *p.aliases)))
+
+    def __post_init__(self) -> None:
+        # the gateway's own refusals from 0, so the first one is an increase Prometheus can see
+        for status in REFUSALS:
+            self.requests.setdefault((NONE, NONE, status), 0)
 
     def add_line(self, line: str) -> None:
         try:

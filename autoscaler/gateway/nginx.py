@@ -280,11 +280,12 @@ MAIN_CONF = "nginx.conf"
 
 
 DOCKER_AUTOSCALER_HOST = "autoscaler"  # the compose service
+DOCKER_STATUS_PORT = 8184  # stub_status in the gateway container: compose's nginx-exporter scrapes gateway:8184
 DOCKER_ACTIVATOR = "autoscaler:8182"  # the compose service, resolved by Docker's DNS at request time
 
 
 def docker_nginx_conf(port: int = 8080, client_max_body_size: str = "1m", worker_shutdown_timeout: int = 240,
-                      activator: bool = True, edge_log_port: int | None = 8183) -> str:
+                      activator: bool = True, edge_log_port: int | None = 8183, stub_status: bool = True) -> str:
     """The gateway's nginx.conf in Docker: the same template as the local stack, container paths. The image
     carries it rendered with the defaults; the autoscaler renders it again from fleet.yaml."""
     return render_template(
@@ -295,6 +296,7 @@ def docker_nginx_conf(port: int = 8080, client_max_body_size: str = "1m", worker
         port=port, client_max_body_size=client_max_body_size,
         activator=DOCKER_ACTIVATOR if activator else None, resolver="127.0.0.11",
         edge_log=f"{DOCKER_AUTOSCALER_HOST}:{edge_log_port}" if edge_log_port else None,
+        stub_status=f"0.0.0.0:{DOCKER_STATUS_PORT}" if stub_status else None,
     )
 
 
@@ -381,6 +383,7 @@ class LocalNginx:
             port=self.cfg.port,
             client_max_body_size=self.cfg.client_max_body_size,
             activator=self.activator, resolver=None, edge_log=self.edge_log,
+            stub_status=f"127.0.0.1:{self.cfg.status_port}" if self.cfg.status_port else None,
         )
         atomic_write(self.conf, text)
 

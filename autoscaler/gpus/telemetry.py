@@ -5,8 +5,8 @@ DCGM's names (`DCGM_FI_DEV_GPU_UTIL`, `DCGM_FI_DEV_FB_USED`, ...) and labels (`g
 readings come from NVML, which is what DCGM itself reads for these fields. Each NVML call that fails
 leaves that one field out for that one GPU: a GPU that cannot report its power still reports its memory.
 
-On a CPU-only host the placer hands out virtual slots. `simulated_readings` gives them readings derived
-from what the sim replica holding each slot reports (its GPU memory, its batch), under
+Without NVML (a CPU-only host's virtual slots, or GPUs from a topology file) `simulated_readings` gives
+each GPU readings derived from what the sim replica holding it reports (its GPU memory, its batch), under
 `modelName="gpufleet virtual slot (simulated)"`, so the GPU dashboard and alerts can be tried end to end
 without a GPU and nobody mistakes the figures for hardware.
 """
@@ -23,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from autoscaler.gpus.nvml import handle
 from autoscaler.gpus.topology import Topology
 
-SIMULATED_MODEL = "gpufleet virtual slot (simulated)"
+SIMULATED_MODEL = "gpufleet virtual slot (simulated)"  # also for a topology file's GPUs: none of it is read
 MIB = 1024 * 1024
 
 
@@ -90,10 +90,11 @@ def read_nvml(nvml: Any, topo: Topology) -> list[GpuReading]:
 
 @dataclass(frozen=True)
 class SlotLoad:
-    """What the sim replica on a virtual slot reports: its GPU memory, and how full its KV pool is (0..1)."""
+    """What the sim replica on a virtual slot reports: its GPU memory, its batch, how full its KV pool is (0..1)."""
 
     memory_bytes: float
-    busy: float
+    running: float
+    kv_usage: float
 
 
 def simulated_readings(topo: Topology, load: Mapping[str, SlotLoad], memory_mib: float = 81559) -> list[GpuReading]:
@@ -101,13 +102,15 @@ def simulated_readings(topo: Topology, load: Mapping[str, SlotLoad], memory_mib:
     out = []
     for g in topo.gpus:
         sl = load.get(g.id)
-        busy = min(max(sl.busy, 0.0), 1.0) if sl else 0.0
+        # as DCGM's GPU_UTIL: the share of time a kernel ran, which is all of it while a batch decodes
+        util = 1.0 if sl and sl.running > 0 else 0.0
+        heat = util * (0.6 + 0.4 * min(max(sl.kv_usage, 0.0), 1.0)) if sl else 0.0  # a fuller batch draws more
         used = min(sl.memory_bytes / MIB, memory_mib) if sl else 0.0
         out.append(GpuReading(
-            index=g.index, uuid=g.id, model=SIMULATED_MODEL, util_pct=round(100 * busy, 1),
-            mem_copy_util_pct=round(60 * busy, 1), fb_used_mib=round(used, 1), fb_free_mib=round(memory_mib - used, 1),
+            index=g.index, uuid=g.id, model=SIMULATED_MODEL, util_pct=100 * util,
+            mem_copy_util_pct=round(60 * heat, 1), fb_used_mib=round(used, 1), fb_free_mib=round(memory_mib - used, 1),
             # an idle H100 sits near 30 °C and 70 W; flat out near 65 °C and 700 W
-            temp_c=round(30 + 35 * busy, 1), power_w=round(70 + 630 * busy, 1), sm_clock_mhz=1980.0 if sl else 345.0,
+            temp_c=round(30 + 35 * heat, 1), power_w=round(70 + 630 * heat, 1), sm_clock_mhz=1980.0 if sl else 345.0,
         ))
     return out
 

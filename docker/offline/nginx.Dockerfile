@@ -3,6 +3,7 @@
 ARG BASE=gpufleet/debian:bookworm
 FROM ${BASE}
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends nginx libnginx-mod-http-js \
+    prometheus-nginx-exporter \
     && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled/*
 COPY nginx/initial/ /etc/nginx/gpufleet/
 COPY autoscaler/templates/gateway.js /etc/nginx/gpufleet/gateway.js

@@ -72,7 +72,7 @@ def _inspect_all(stack) -> list[dict]:
 def test_every_container_runs_with_least_privilege(compose_stack):
     found = _inspect_all(compose_stack)
     services = {c["Config"]["Labels"].get("com.docker.compose.service") for c in found}
-    assert {"docker-proxy", "gateway", "prometheus", "autoscaler"} <= services
+    assert {"docker-proxy", "gateway", "nginx-exporter", "prometheus", "autoscaler"} <= services
     assert any(s.startswith("replica-") for s in services), services
     socket_holders = []
     for c in found:
@@ -98,7 +98,7 @@ def test_every_container_runs_with_least_privilege(compose_stack):
              for c in found}
     assert {b["HostIp"] for b in ports["prometheus"]["9090/tcp"]} == {"127.0.0.1"}
     assert {b["HostIp"] for b in ports["autoscaler"]["8181/tcp"]} == {"127.0.0.1"}
-    assert not any(ports[s] for s in services if s.startswith("replica-") or s == "docker-proxy")
+    assert not any(ports[s] for s in services if s.startswith("replica-") or s in ("docker-proxy", "nginx-exporter"))
 
 
 def test_replicas_are_reachable_from_the_stack_only(compose_stack):

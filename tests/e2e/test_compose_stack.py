@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
 import threading
 import time
 
 import httpx
 import openai
 
+from autoscaler.dashboards.render import Window
 from autoscaler.scaletest.loadgen import Result, constant_rate, run_open_loop
+from tests.dashboard_checks import annotation_mismatches, empty_panels
 from tests.e2e.conftest import PROJECT, ComposeStack
 from tests.helpers import wait_for
 
@@ -60,11 +63,15 @@ def test_openai_client_through_the_compose_gateway(compose_stack):
     assert any(r["Names"] in ps for r in reps), f"replicas not in `docker compose ps`:\n{ps}"
 
 
-def test_burst_creates_replica_containers_that_drain_and_go(compose_stack):
+def test_burst_creates_replica_containers_that_drain_and_go_and_every_dashboard_shows_it(compose_stack, tmp_path):
     stack = compose_stack
     wait_for(lambda: len(stack.active()) == 1 and not any(
         r["role"] in ("draining", "starting") for r in stack.status()["pools"]["chat"]["replicas"]), 60,
         "a quiet fleet of one active replica")
+    burst_start = time.time()
+    # a client error too, so the gateway's status panels have more than 2xx
+    assert httpx.post(f"{stack.url}/v1/completions", headers=stack.api_headers, timeout=10,
+                      json={"model": "nope", "prompt": "x"}).status_code == 404
     before = {r["ID"] for r in stack.replicas()}
     results: list[Result] = []
     t = _traffic(stack, constant_rate(CAPACITY, 0, 4, max_tokens=20)
@@ -91,6 +98,21 @@ def test_burst_creates_replica_containers_that_drain_and_go(compose_stack):
         return have == known and len(have) < len(peak)
 
     wait_for(settled, 60, "surplus replica containers removed")
+
+    # the dashboards on the compose Prometheus (the offline stack has no Grafana): every panel has the burst's
+    # data, every annotation query its events, and `gpufleet dashboards --png` draws them
+    settled_at = time.time()
+    time.sleep(12)  # two scrapes (5 s) and a rule evaluation after the last event required
+    w = Window(burst_start, time.time(), step=5, scrape_s=5)
+    problems = empty_panels(stack.prom, w)
+    assert not problems, "panels with no data after the burst:\n" + "\n".join(problems)
+    mismatches = annotation_mismatches(stack.prom, w, stack.status()["events"], settled_before=settled_at)
+    assert not mismatches, "\n".join(mismatches)
+    r = subprocess.run([sys.executable, "-m", "autoscaler.cli", "dashboards", "--png", str(tmp_path), "--prometheus",
+                        stack.prom, "--since", str(int(time.time() - burst_start) + 5)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["cost.png", "fleet.png", "gpus.png", "pool.png"]
 
 
 def test_autoscaler_killed_during_scale_up_then_restarted_adopts_the_fleet(compose_stack):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
 
+from autoscaler.dashboards.render import Window
+from tests.dashboard_checks import annotation_mismatches, empty_panels
 from tests.helpers import ROOT, require_host_binaries, sim_pool, wait_for
 
 
@@ -40,25 +43,41 @@ def test_promtool_unit_tests_of_the_alerts_pass():
     assert "SUCCESS" in r.stdout
 
 
-def test_dashboard_queries_run_on_the_live_prometheus(local_stack):
-    """Grafana is not in the offline stack, so its dashboard is checked against Prometheus directly."""
-    stack = local_stack({"pools": [sim_pool()]})
+def test_every_panel_and_annotation_has_the_runs_data_and_the_pngs_render(local_stack, tmp_path: Path):
+    """A short scale-test on the local stack (virtual GPU slots, so the GPU panels have readings), then every
+    panel query of every dashboard on the live Prometheus, every annotation query against the run's events,
+    and `gpufleet dashboards --png` (what the offline stack's users get instead of Grafana)."""
+    stack = local_stack({"pools": [sim_pool(
+        gpus_per_replica=1, targets={"concurrency": 2}, warm_pool={"min": 1, "max": 1},
+        behavior={"panic_threshold": 1.5,
+                  "scale_down": {"stabilization_s": 4, "policies": [{"type": "replicas", "value": 4, "period_s": 2}]}},
+    )]})
+    start = time.time()
+    # clients see a 404 (unknown model) and a 200 for /v1/models: the status panels have more than 2xx
+    assert httpx.post(f"{stack.url}/v1/completions", json={"model": "nope", "prompt": "x"}, timeout=10).status_code \
+        == 404
+    r = subprocess.run([sys.executable, "-m", "autoscaler.cli", "scale-test", "smoke", "--url", stack.url,
+                        "--admin", stack.admin, "--token", stack.admin_token, "--out", str(tmp_path / "st"),
+                        "--no-plot"], capture_output=True, text=True, timeout=180)
+    assert r.returncode in (0, 1), r.stdout + r.stderr  # 1: an SLO missed, which is not this test's business
+    # idle: the pool drains back to its minimum (drain and stop events)
+    wait_for(lambda: len(stack.replicas(role="active")) == 1 and bool(stack.events("stop")), 90,
+             "the pool to scale back down")
+    settled = time.time()
+    time.sleep(6)  # three scrapes and a rule evaluation after the last event we require
     prom = f"http://127.0.0.1:{stack.prom_port}"
-    for _ in range(10):
-        httpx.post(f"{stack.url}/v1/completions", json={"model": "tiny-chat", "prompt": "x", "max_tokens": 2},
-                   timeout=10)
-    dash = json.loads((ROOT / "grafana" / "dashboards" / "fleet.json").read_text())
-    ds = json.loads(json.dumps(dash["panels"]))
-    assert all(p["datasource"]["uid"] == "gpufleet-prometheus" for p in ds), "fixed datasource uid"
-    exprs = {t["expr"]: p["title"] for p in dash["panels"] for t in p["targets"]}
+    w = Window(start, time.time(), step=2, scrape_s=2)
+    kinds = {e["kind"] for e in stack.events() if e["t"] >= start}
+    assert {"start", "activate", "drain", "stop", "panic"} <= kinds, f"the run should scale both ways: {kinds}"
 
-    def all_have_data() -> bool:
-        for expr, title in exprs.items():
-            res = httpx.get(f"{prom}/api/v1/query", params={"query": expr}).json()
-            assert res["status"] == "success", f"{title}: {expr}: {res}"
-            if title.startswith(("Requests served", "Replicas by role", "Queue depth", "Desired")) \
-                    and not res["data"]["result"]:
-                return False
-        return True
+    problems = empty_panels(prom, w)
+    assert not problems, "panels with no data after the run:\n" + "\n".join(problems)
+    mismatches = annotation_mismatches(prom, w, stack.events(), settled_before=settled)
+    assert not mismatches, "\n".join(mismatches)
 
-    wait_for(all_have_data, 60, "the dashboard's panels to show data", interval=2)
+    out = tmp_path / "png"
+    r = subprocess.run([sys.executable, "-m", "autoscaler.cli", "dashboards", "--png", str(out), "--prometheus", prom,
+                        "--since", str(int(time.time() - start) + 5)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["cost.png", "fleet.png", "gpus.png", "pool.png"]
+    assert all(p.stat().st_size > 20_000 for p in out.iterdir()), "a drawn dashboard, not an empty canvas"

@@ -7,11 +7,14 @@ from pathlib import Path
 import pytest
 
 from autoscaler.config import ConfigError, load_config, parse_config
+from autoscaler.gpus.placement import make_placer
 
 
 def test_default_config_is_valid_and_cpu_only():
     cfg = load_config(None)
-    assert cfg.pools[0].gpus_per_replica == 0 and cfg.gpus.source == "none"
+    # no NVML asked for: each replica holds one of the virtual slots (what the GPU dashboards show)
+    assert cfg.pools[0].gpus_per_replica == 1 and cfg.gpus.source == "none"
+    assert make_placer(cfg.gpus).virtual
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from autoscaler.gateway.edge import EdgeStats, listen, parse_line
+from autoscaler.gateway.edge import REFUSALS, EdgeStats, listen, parse_line
 
 POOLS, MODELS = ("chat", "code"), ("tiny-chat", "tiny-alias", "coder")
 
@@ -39,7 +39,7 @@ def test_health_probes_are_not_api_traffic():
 def test_garbage_is_counted_not_raised(line: str):
     stats = EdgeStats(POOLS, MODELS)
     stats.add_line(line)
-    assert stats.lines["unparsable"] == 1 and not stats.requests
+    assert stats.lines["unparsable"] == 1 and not sum(stats.requests.values())
 
 
 def test_latency_buckets_are_cumulative_per_pool():
@@ -50,7 +50,11 @@ def test_latency_buckets_are_cumulative_per_pool():
     assert (b["0.05"], b["0.5"], b["600"], b["+Inf"]) == (1, 3, 3, 4)
     assert stats.latency["code"].sum == pytest.approx(700.64)
     fams = {f.name: f for f in stats.metrics()}
-    assert [s.value for s in fams["gpufleet_edge_requests"].samples if s.name.endswith("_total")] == [4]
+    totals = {tuple(sorted(s.labels.items())): s.value for s in fams["gpufleet_edge_requests"].samples
+              if s.name.endswith("_total")}
+    assert totals.pop((("model", "coder"), ("pool", "code"), ("status", "200"))) == 4
+    # the gateway's refusals are there from 0, so Prometheus sees the first one as an increase
+    assert totals == {(("model", "none"), ("pool", "none"), ("status", st)): 0 for st in REFUSALS}
 
 
 def test_datagrams_arrive_over_udp():
@@ -66,14 +70,14 @@ def test_datagrams_arrive_over_udp():
                 tx.sendto(datagram(429, "0.001", route="pool=chat; reason=model", model="tiny-chat").encode(),
                           ("127.0.0.1", port))
             for _ in range(100):
-                if stats.requests:
+                if sum(stats.requests.values()):
                     break
                 await asyncio.sleep(0.01)
         finally:
             transport.close()
 
     asyncio.run(go())
-    assert stats.requests == {("chat", "tiny-chat", "429"): 1}
+    assert {k: n for k, n in stats.requests.items() if n} == {("chat", "tiny-chat", "429"): 1}
 
 
 def test_a_taken_port_is_a_clear_error():

@@ -79,10 +79,10 @@ def test_a_lost_gpu_is_skipped_and_the_others_still_report():
 def test_virtual_slots_report_their_holders_load_and_say_they_are_simulated():
     topo = uniform_topology(3, Link(LinkKind.PHB))
     busy, idle = topo.gpus[0].id, topo.gpus[2].id
-    readings = {r.uuid: r for r in simulated_readings(topo, {busy: SlotLoad(40 * 1024**3, 0.5),
-                                                             topo.gpus[1].id: SlotLoad(40 * 1024**3, 0.0)})}
+    readings = {r.uuid: r for r in simulated_readings(topo, {busy: SlotLoad(40 * 1024**3, 3, 0.5),
+                                                             topo.gpus[1].id: SlotLoad(40 * 1024**3, 0, 0.0)})}
     assert all(r.model == SIMULATED_MODEL for r in readings.values())
-    assert readings[busy].util_pct == 50
+    assert readings[busy].util_pct == 100 and readings[topo.gpus[1].id].util_pct == 0  # loaded but no batch
     assert readings[busy].fb_used_mib == 40 * 1024
     assert readings[busy].temp_c > readings[idle].temp_c and readings[busy].power_w > readings[idle].power_w
     assert readings[idle].util_pct == 0 and readings[idle].fb_used_mib == 0

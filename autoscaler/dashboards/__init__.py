@@ -1,0 +1,1 @@
+"""Grafana dashboards as code, and their rendering to PNG without Grafana."""
