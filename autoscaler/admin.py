@@ -146,7 +146,10 @@ class FleetCollector(Collector):
         decisions = CounterMetricFamily("gpufleet_scale_decisions", "Changes of a pool's desired replicas, by "
                                         "direction and what drove them (a signal, panic, held_requests, none)",
                                         labels=["pool", "direction", "driver"])
-        for (pool, direction, driver), n in sorted(c.decisions.items()):
+        # each pool's ups and downs by every driver it can have, from 0: the first one is an increase too
+        drivers = {(p.name, d, drv): 0 for p in c.cfg.pools for d in ("up", "down")
+                   for drv in (*p.targets.model_dump(exclude_none=True), "panic", "held_requests", "none")}
+        for (pool, direction, driver), n in sorted((drivers | dict(c.decisions)).items()):
             decisions.add_metric([pool, direction, driver], n)
         yield from (per, target, slo, slo_s, objective, decisions)
 

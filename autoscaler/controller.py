@@ -114,6 +114,7 @@ class Controller:
         self.idle_gpu_seconds = 0.0
         self.decisions: Counter[tuple[str, str, str]] = Counter()
         self._accounted_at: float | None = None  # monotonic
+        self._telemetry: asyncio.Task[None] | None = None
         self._http = httpx.AsyncClient(timeout=cfg.scrape_timeout_s)
         self._busy: set[str] = set()  # replicas with a removal in flight
         self._tasks: set[asyncio.Task[None]] = set()
@@ -359,7 +360,7 @@ class Controller:
         snap = await self.observe()
         self._account_gpu_time()
         if self.ticks % TELEMETRY_EVERY == 0:
-            await self._read_gpus()
+            self.schedule_gpu_reading()
         out = reconcile(self.cfg, snap, self.states, snap.now)
         self.states = dict(out.states)
         await self.act(out)
@@ -379,6 +380,12 @@ class Controller:
                 held.update(r.gpus)
         free = [g for g in self.placer.topo.gpus if g.id not in held and g.id not in self.placer.cordoned]
         self.idle_gpu_seconds += dt * len(free)
+
+    def schedule_gpu_reading(self) -> None:
+        """Read the GPUs off the tick: an NVML call that hangs (a GPU falling off the bus can do that) holds
+        one thread and stops the readings, never the control loop. One read in flight at a time."""
+        if self._telemetry is None or self._telemetry.done():
+            self._telemetry = asyncio.get_running_loop().create_task(self._read_gpus())
 
     async def _read_gpus(self) -> None:
         """NVML where GPUs are real (a thread: it is a blocking C library), else the sim replicas' load."""

@@ -13,6 +13,7 @@ from autoscaler.config import parse_config
 from autoscaler.controller import Controller
 from autoscaler.gateway.nginx import Gateway
 from autoscaler.gpus.placement import make_placer
+from autoscaler.runtime.base import Replica
 from autoscaler.runtime.local import LocalRuntime
 from autoscaler.status import FleetStatus
 
@@ -115,3 +116,71 @@ def test_a_replica_with_slow_or_poisoned_metrics_fails_its_own_scrape_in_bounded
     for name in ("drip", "nan", "nole"):
         assert got[name][1:] == (1, 0), f"{name}: one failed scrape, no sample ({got[name]})"
     assert got["good"][1:] == (0, 1)
+
+
+def test_cost_decision_gpu_and_slo_metrics(tmp_path):
+    """What the dashboards join and sum: GPU-seconds charged to the holder's (pool, role), idle GPUs, the GPU
+    holder info with DCGM's UUID, scale decisions by driver from 0, the SLO's bucket label as vLLM spells it."""
+    ctl = controller(tmp_path)
+    c = TestClient(create_admin_app(ctl))
+    gpus = [g.id for g in ctl.placer.topo.gpus]
+
+    def rep(rid: str, role: str, held: tuple[str, ...]) -> Replica:
+        return Replica(rid, "chat", "m", role, role, "http://127.0.0.1:1", "127.0.0.1:1", held, "h", 0.0, True)
+
+    ctl.replicas = [rep("r-chat-1", "active", (gpus[0], gpus[1])), rep("r-chat-2", "warm", (gpus[2],))]
+    ctl._account_gpu_time()
+    ctl._accounted_at -= 10  # ten seconds later
+    ctl._account_gpu_time()
+    text = c.get("/metrics").text
+    secs = metric(text, "gpufleet_gpu_seconds_total")
+    assert round(secs[(("pool", "chat"), ("role", "active"))]) == 20  # two GPUs for 10 s
+    assert round(secs[(("pool", "chat"), ("role", "warm"))]) == 10
+    assert round(metric(text, "gpufleet_gpu_idle_seconds_total")[()]) == 10 * (len(gpus) - 3)
+    holders = metric(text, "gpufleet_gpu_holder")
+    assert holders[(("UUID", gpus[1]), ("gpu", "1"), ("pool", "chat"), ("replica", "r-chat-1"), ("role", "active"))]
+    assert holders[(("UUID", gpus[3]), ("gpu", "3"), ("pool", ""), ("replica", ""), ("role", "free"))]
+    ups = metric(text, "gpufleet_scale_decisions_total")
+    assert ups[(("direction", "up"), ("driver", "panic"), ("pool", "chat"))] == 0
+    assert metric(text, "gpufleet_pool_slo_ttft_bucket") == {(("le", "2.5"), ("pool", "chat")): 1.0}
+    assert metric(text, "gpufleet_events_total")[(("kind", "reclaim"), ("pool", "chat"))] == 0
+
+
+def test_a_hung_nvml_call_never_holds_the_loop_and_no_second_read_piles_up(tmp_path):
+    import asyncio
+    import threading
+
+    from autoscaler.gpus.nvml import read_topology
+    from autoscaler.gpus.topology import load_topology_file
+    from tests.fake_nvml import FakeNvml
+
+    ctl = controller(tmp_path)
+    fake = FakeNvml(load_topology_file(Path(__file__).parent.parent / "fixtures" / "topology"
+                                       / "2xrtx5090-pcie-phb-threadripper.txt"))
+    release, calls = threading.Event(), []
+
+    def hang(h: int) -> object:
+        calls.append(h)
+        release.wait(10)
+        raise fake.NVMLError(15)  # NVML_ERROR_GPU_IS_LOST, once it returns at all
+
+    fake.nvmlDeviceGetUtilizationRates = hang
+    ctl.placer.nvml = fake
+    ctl.placer.topo = read_topology(fake)
+
+    async def go() -> tuple[float, list[int]]:
+        t0 = asyncio.get_running_loop().time()
+        for _ in range(5):  # five ticks' worth of scheduling while the first read hangs
+            ctl.schedule_gpu_reading()
+            await asyncio.sleep(0.05)
+        took, while_hung = asyncio.get_running_loop().time() - t0, list(calls)
+        release.set()
+        assert ctl._telemetry is not None
+        await ctl._telemetry
+        return took, while_hung
+
+    took, while_hung = asyncio.run(go())
+    assert took < 1.0, "scheduling a reading must not wait for NVML"
+    assert while_hung == [0], "one read in flight at a time"
+    assert [r.index for r in ctl.gpu_readings] == [0, 1], "the hung field is left out, the rest is read"
+    assert ctl.gpu_readings[0].util_pct is None and ctl.gpu_readings[0].fb_used_mib is not None
