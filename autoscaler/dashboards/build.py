@@ -218,8 +218,9 @@ def cost() -> dict[str, Any]:
            q("1000 * sum(rate(gpufleet_gpu_seconds_total[5m])) / sum(rate(vllm:request_success_total[5m]))",
              "GPU-s / 1k requests (5 m)")),
         ts("Power by pool", "watt",
-           q("sum by (pool) (DCGM_FI_DEV_POWER_USAGE * on (UUID) group_left (pool) gpufleet_gpu_holder)",
-             "{{pool}}"), description="pool empty: GPUs no replica holds."),
+           q('sum by (pool) (label_replace(DCGM_FI_DEV_POWER_USAGE * on (UUID) group_left (pool) gpufleet_gpu_holder, '
+             '"pool", "(no replica)", "pool", ""))', "{{pool}}"),
+           description="(no replica): the GPUs no replica holds."),
         tbl("GPU-hours over the time range", q("sum by (pool, role) (increase(gpufleet_gpu_seconds_total[$__range])) "
                                                "/ 3600", instant=True)),
     ], pool_var=False)
