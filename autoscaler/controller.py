@@ -68,7 +68,9 @@ class Placer(Protocol):
     @property
     def virtual(self) -> bool: ...
 
-    def health_check(self) -> dict[str, str]: ...
+    def failing(self) -> dict[str, str]: ...
+
+    def cordon(self, gpu_id: str, reason: str) -> None: ...
 
 
 @dataclass
@@ -115,6 +117,7 @@ class Controller:
         self.decisions: Counter[tuple[str, str, str]] = Counter()
         self._accounted_at: float | None = None  # monotonic
         self._telemetry: asyncio.Task[None] | None = None
+        self._gpu_check: asyncio.Task[None] | None = None  # the NVML health check, off the tick
         self._http = httpx.AsyncClient(timeout=cfg.scrape_timeout_s)
         self._busy: set[str] = set()  # replicas with a removal in flight
         self._tasks: set[asyncio.Task[None]] = set()
@@ -355,8 +358,7 @@ class Controller:
     async def tick(self) -> None:
         t0 = time.monotonic()
         if self.ticks % GPU_HEALTH_EVERY == 0:
-            for gid, why in (await asyncio.to_thread(self.placer.health_check)).items():
-                self.event("cordon", gpu=gid, reason=why)
+            self.schedule_gpu_check()
         snap = await self.observe()
         self._account_gpu_time()
         if self.ticks % TELEMETRY_EVERY == 0:
@@ -380,6 +382,22 @@ class Controller:
                 held.update(r.gpus)
         free = [g for g in self.placer.topo.gpus if g.id not in held and g.id not in self.placer.cordoned]
         self.idle_gpu_seconds += dt * len(free)
+
+    def schedule_gpu_check(self) -> None:
+        if self._gpu_check is None or self._gpu_check.done():
+            self._gpu_check = asyncio.get_running_loop().create_task(self._check_gpus())
+
+    async def _check_gpus(self) -> None:
+        """NVML in a thread, off the tick (a GPU falling off the bus can hang the call); the cordon itself
+        is made here, on the loop, between ticks, so a tick never sees the set change under it."""
+        try:
+            new = await asyncio.to_thread(self.placer.failing)
+        except Exception as e:  # NVML itself failing: the next check tries again
+            log.warning("GPU health check failed: %s", e)
+            return
+        for gid, why in new.items():
+            self.placer.cordon(gid, why)
+            self.event("cordon", gpu=gid, reason=why)
 
     def schedule_gpu_reading(self) -> None:
         """Read the GPUs off the tick: an NVML call that hangs (a GPU falling off the bus can do that) holds

@@ -65,18 +65,20 @@ class TopologyPlacer:
         return choose_gpus(self.topo, set(used) | set(self.cordoned), k, model=model, min_memory_mb=min_memory_mb,
                            min_link=min_link, host_cpus=None if self.virtual else frozenset(self.host_cpus))
 
-    def health_check(self) -> dict[str, str]:
-        """Cordon GPUs whose NVML calls now fail; returns the new ones."""
+    def failing(self) -> dict[str, str]:
+        """GPUs whose NVML calls now fail and are not cordoned yet. Only reads: safe in a thread."""
         if self.nvml is None:
             return {}
         from autoscaler.gpus.nvml import failing_gpus
 
-        new = {}
-        for i, why in failing_gpus(self.nvml, self.topo).items():
-            gid = self.topo.gpus[i].id
-            if gid not in self.cordoned:
-                new[gid] = why
-                self.cordon(gid, why)
+        found = {self.topo.gpus[i].id: why for i, why in failing_gpus(self.nvml, self.topo).items()}
+        return {gid: why for gid, why in found.items() if gid not in self.cordoned}
+
+    def health_check(self) -> dict[str, str]:
+        """Cordon GPUs whose NVML calls now fail; returns the new ones."""
+        new = self.failing()
+        for gid, why in new.items():
+            self.cordon(gid, why)
         return new
 
 

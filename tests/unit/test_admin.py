@@ -184,3 +184,45 @@ def test_a_hung_nvml_call_never_holds_the_loop_and_no_second_read_piles_up(tmp_p
     assert while_hung == [0], "one read in flight at a time"
     assert [r.index for r in ctl.gpu_readings] == [0, 1], "the hung field is left out, the rest is read"
     assert ctl.gpu_readings[0].util_pct is None and ctl.gpu_readings[0].fb_used_mib is not None
+
+
+def test_a_hung_nvml_health_check_never_holds_the_loop_and_cordons_once_it_returns(tmp_path):
+    import asyncio
+    import threading
+
+    from autoscaler.gpus.nvml import read_topology
+    from autoscaler.gpus.topology import load_topology_file
+    from tests.fake_nvml import FakeNvml
+
+    ctl = controller(tmp_path)
+    fake = FakeNvml(load_topology_file(Path(__file__).parent.parent / "fixtures" / "topology"
+                                       / "4xl40s-pcie-node-sys-2socket-nics.txt"))
+    ctl.placer.nvml, ctl.placer.topo = fake, read_topology(fake)
+    release, real, hung = threading.Event(), fake.nvmlDeviceGetMemoryInfo, []
+
+    def hang_then_lost(h: int) -> object:
+        if h == 2:
+            hung.append(h)
+            release.wait(10)
+            raise fake.NVMLError(15)  # NVML_ERROR_GPU_IS_LOST
+        return real(h)
+
+    fake.nvmlDeviceGetMemoryInfo = hang_then_lost
+
+    async def go() -> tuple[float, dict[str, str]]:
+        t0 = asyncio.get_running_loop().time()
+        for _ in range(4):  # what the tick calls; a second check never starts while one hangs
+            ctl.schedule_gpu_check()
+            await asyncio.sleep(0.05)
+        took, before = asyncio.get_running_loop().time() - t0, dict(ctl.placer.cordoned)
+        assert hung == [2], "one check in flight at a time"
+        release.set()
+        assert ctl._gpu_check is not None
+        await ctl._gpu_check
+        return took, before
+
+    took, before = asyncio.run(go())
+    assert took < 1.0 and before == {}, "nothing is cordoned while the call hangs, and nothing waits for it"
+    gid = ctl.placer.topo.gpus[2].id
+    assert list(ctl.placer.cordoned) == [gid]
+    assert [e for e in ctl.events if e["kind"] == "cordon"][0]["gpu"] == gid
