@@ -7,7 +7,7 @@ OFFLINE ?=
 SCENARIO ?= default
 COMPOSE := docker compose -f compose/compose.yaml $(if $(OFFLINE),-f compose/compose.offline.yaml)
 
-.PHONY: need-docker need-compose install test test-unit test-e2e test-chaos lint up down up-local offline-images scale-test simulate bench clean
+.PHONY: need-docker need-compose install test test-unit test-e2e test-chaos lint up down up-local offline-images scale-test simulate dashboards bench clean
 
 # Every target that runs Python makes (or brings up to date) the virtual environment first:
 # nothing to remember from a previous step. The stamp is newer than pyproject.toml once installed.
@@ -64,6 +64,11 @@ scale-test: $(STAMP)
 # The same scenario through the simulator, next to the baselines (CONFIG= for your fleet).
 simulate: $(STAMP)
 	$(VENV)/bin/gpufleet simulate $(SCENARIO) $(if $(CONFIG),--config $(CONFIG)) --compare
+
+# The dashboards' panels from Prometheus (127.0.0.1:9090) as PNGs, for the stack without Grafana.
+SINCE ?= 1800
+dashboards: $(STAMP)
+	$(VENV)/bin/gpufleet dashboards --png reports/dashboards --since $(SINCE)
 
 up-local: $(STAMP)
 	$(VENV)/bin/gpufleet up --local $(if $(CONFIG),--config $(CONFIG))

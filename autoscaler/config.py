@@ -283,8 +283,8 @@ class GatewayConfig(_Strict):
     client_max_body_size: str = Field(default="1m", pattern=r"^[1-9][0-9]{0,8}[kKmMgG]?$")
     upstream_template: Path | None = None  # override the packaged Jinja2 template
     auth: AuthConfig = AuthConfig()
-    # nginx sends each access-log line to the autoscaler over UDP (syslog) on this port: the edge
-    # metrics (requests by pool/model/status, edge latency). None: off.
+    # nginx sends each access-log line to the autoscaler over UDP (syslog) on this port, on 127.0.0.1 (in
+    # Docker: a unix socket in the shared conf volume): the edge metrics. None: off.
     edge_log_port: int | None = Field(default=8183, ge=1, le=65535)
     # nginx's stub_status (connections) for prometheus-nginx-exporter, on 127.0.0.1 locally (8184 in Docker,
     # on the compose network only). None: off.

@@ -25,8 +25,8 @@ from autoscaler.config import FleetConfig
 from autoscaler.controller import Controller
 from autoscaler.credentials import admin_token, keys_source
 from autoscaler.gateway.edge import EdgeStats
-from autoscaler.gateway.edge import listen as listen_edge
-from autoscaler.gateway.nginx import Gateway, docker_nginx_conf
+from autoscaler.gateway.edge import listen_unix as listen_edge_unix
+from autoscaler.gateway.nginx import EDGE_SOCKET_NAME, Gateway, docker_nginx_conf
 from autoscaler.gateway.render import initial_routes
 from autoscaler.gateway.routing import routing_table
 from autoscaler.gpus.placement import make_placer
@@ -91,7 +91,7 @@ async def run_docker(cfg: FleetConfig) -> None:
                       main_conf=lambda: docker_nginx_conf(client_max_body_size=g.client_max_body_size,
                                                           worker_shutdown_timeout=g.worker_shutdown_timeout_s,
                                                           activator=act.enabled,
-                                                          edge_log_port=g.edge_log_port,
+                                                          edge_log=g.edge_log_port is not None,
                                                           stub_status=g.status_port is not None),
                       activator=act.enabled, keys=keys, routing=routing_table(cfg))
     # Every pool's model, none serving: the gateway, even restarted before the first reload, sends their
@@ -103,8 +103,8 @@ async def run_docker(cfg: FleetConfig) -> None:
     controller = Controller(cfg, runtime, gateway, make_placer(cfg.gpus), TargetsWriter(TARGETS),
                             activator=activator)
     edge = EdgeStats.for_fleet(cfg) if g.edge_log_port else None
-    # on the compose network: the gateway's nginx sends its access log to autoscaler:<edge_log_port>
-    edge_rx = await listen_edge(edge, "0.0.0.0", g.edge_log_port) if edge and g.edge_log_port else None
+    # the gateway's nginx sends its access log to a socket in the conf volume both mount
+    edge_rx = await listen_edge_unix(edge, NGINX_DIR / EDGE_SOCKET_NAME) if edge else None
     admin = AdminServer(uvicorn.Config(create_admin_app(controller, token, edge), host=cfg.admin.host,
                                         port=cfg.admin.port, log_level="warning", access_log=False))
     admin_task = asyncio.create_task(admin.serve())

@@ -91,7 +91,8 @@ class Prometheus:
         try:
             r = self.http.get(f"{self.url}{path}", params=params)
         except httpx.HTTPError as e:
-            raise PrometheusError(f"cannot reach Prometheus at {self.url}: {e}") from None
+            raise PrometheusError(f"cannot reach Prometheus at {self.url} ({e}): is the stack up (docker compose "
+                                  f"up -d, make up-local)? Another Prometheus: --prometheus URL") from None
         try:
             body = r.json()
         except ValueError:

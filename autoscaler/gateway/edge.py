@@ -15,9 +15,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
@@ -124,6 +127,21 @@ class _Receiver(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         self.stats.add_line(data.decode("utf-8", "replace"))
+
+
+async def listen_unix(stats: EdgeStats, path: Path) -> asyncio.DatagramTransport:
+    """Receive the access log on a unix datagram socket (Docker: in the volume the gateway mounts read-only;
+    a socket takes datagrams through a read-only mount). nginx's workers run as another user: mode 0666."""
+    loop = asyncio.get_running_loop()
+    path.unlink(missing_ok=True)  # a previous run's: binding needs the name free
+    try:
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Receiver(stats), local_addr=str(path),
+                                                           family=socket.AF_UNIX)
+    except OSError as e:
+        raise RuntimeError(f"cannot receive the gateway's access log on {path} ({e.strerror}): set "
+                           f"gateway.edge_log_port to null to go without edge metrics") from None
+    os.chmod(path, 0o666)
+    return transport
 
 
 async def listen(stats: EdgeStats, host: str, port: int) -> asyncio.DatagramTransport:

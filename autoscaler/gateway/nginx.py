@@ -279,13 +279,16 @@ DOCKER_CONF_DIR = "/etc/nginx/gpufleet"  # a volume the autoscaler writes
 MAIN_CONF = "nginx.conf"
 
 
-DOCKER_AUTOSCALER_HOST = "autoscaler"  # the compose service
+# the access log's way to the autoscaler in Docker: a unix datagram socket in the shared conf volume. Not
+# autoscaler:8183: nginx resolves a syslog host when it loads its config, so a gateway restarted while the
+# autoscaler is down would not start at all ("host not found"); a socket path needs nothing to exist then.
+EDGE_SOCKET_NAME = "edge-log.sock"
 DOCKER_STATUS_PORT = 8184  # stub_status in the gateway container: compose's nginx-exporter scrapes gateway:8184
 DOCKER_ACTIVATOR = "autoscaler:8182"  # the compose service, resolved by Docker's DNS at request time
 
 
 def docker_nginx_conf(port: int = 8080, client_max_body_size: str = "1m", worker_shutdown_timeout: int = 240,
-                      activator: bool = True, edge_log_port: int | None = 8183, stub_status: bool = True) -> str:
+                      activator: bool = True, edge_log: bool = True, stub_status: bool = True) -> str:
     """The gateway's nginx.conf in Docker: the same template as the local stack, container paths. The image
     carries it rendered with the defaults; the autoscaler renders it again from fleet.yaml."""
     return render_template(
@@ -295,7 +298,7 @@ def docker_nginx_conf(port: int = 8080, client_max_body_size: str = "1m", worker
         error_log="/dev/stderr",
         port=port, client_max_body_size=client_max_body_size,
         activator=DOCKER_ACTIVATOR if activator else None, resolver="127.0.0.11",
-        edge_log=f"{DOCKER_AUTOSCALER_HOST}:{edge_log_port}" if edge_log_port else None,
+        edge_log=f"unix:{DOCKER_CONF_DIR}/{EDGE_SOCKET_NAME}" if edge_log else None,
         stub_status=f"0.0.0.0:{DOCKER_STATUS_PORT}" if stub_status else None,
     )
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 
 import pytest
 
-from autoscaler.gateway.edge import REFUSALS, EdgeStats, listen, parse_line
+from autoscaler.gateway.edge import REFUSALS, EdgeStats, listen, listen_unix, parse_line
 
 POOLS, MODELS = ("chat", "code"), ("tiny-chat", "tiny-alias", "coder")
 
@@ -88,3 +89,35 @@ def test_a_taken_port_is_a_clear_error():
                 await listen(EdgeStats(POOLS, MODELS), "127.0.0.1", held.getsockname()[1])
 
     asyncio.run(go())
+
+
+def test_the_docker_gateway_logs_to_a_socket_path_never_a_name_nginx_must_resolve_at_start():
+    """nginx resolves a syslog host when it loads its config: a hostname there would keep a gateway restarted
+    while the autoscaler is down from starting at all."""
+    from autoscaler.gateway.nginx import docker_nginx_conf
+
+    targets = re.findall(r"syslog:server=([^,\s]+)", docker_nginx_conf())
+    assert targets == ["unix:/etc/nginx/gpufleet/edge-log.sock"]
+    assert "syslog" not in docker_nginx_conf(edge_log=False)
+
+
+def test_datagrams_arrive_over_a_unix_socket_that_another_user_may_write(tmp_path):
+    stats = EdgeStats(POOLS, MODELS)
+    path = tmp_path / "edge-log.sock"
+    path.write_text("a stale file from a killed run")
+
+    async def go() -> None:
+        transport = await listen_unix(stats, path)
+        try:
+            assert path.stat().st_mode & 0o777 == 0o666, "nginx's workers are another user"
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as tx:
+                tx.sendto(datagram(200, "0.5", route="pool=code; reason=model", model="coder").encode(), str(path))
+            for _ in range(100):
+                if sum(stats.requests.values()):
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            transport.close()
+
+    asyncio.run(go())
+    assert {k: n for k, n in stats.requests.items() if n} == {("code", "coder", "200"): 1}
