@@ -58,6 +58,17 @@ def test_latency_buckets_are_cumulative_per_pool():
     assert totals == {(("model", "none"), ("pool", "none"), ("status", st)): 0 for st in REFUSALS}
 
 
+async def counted(stats: EdgeStats, transport: asyncio.DatagramTransport) -> None:
+    """Until the receiver has counted a request (bounded), then close it."""
+    try:
+        for _ in range(100):
+            if sum(stats.requests.values()):
+                return
+            await asyncio.sleep(0.01)
+    finally:
+        transport.close()
+
+
 def test_datagrams_arrive_over_udp():
     stats = EdgeStats(POOLS, MODELS)
 
@@ -66,16 +77,10 @@ def test_datagrams_arrive_over_udp():
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         transport = await listen(stats, "127.0.0.1", port)
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
-                tx.sendto(datagram(429, "0.001", route="pool=chat; reason=model", model="tiny-chat").encode(),
-                          ("127.0.0.1", port))
-            for _ in range(100):
-                if sum(stats.requests.values()):
-                    break
-                await asyncio.sleep(0.01)
-        finally:
-            transport.close()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            tx.sendto(datagram(429, "0.001", route="pool=chat; reason=model", model="tiny-chat").encode(),
+                      ("127.0.0.1", port))
+        await counted(stats, transport)
 
     asyncio.run(go())
     assert {k: n for k, n in stats.requests.items() if n} == {("chat", "tiny-chat", "429"): 1}
@@ -108,16 +113,10 @@ def test_datagrams_arrive_over_a_unix_socket_that_another_user_may_write(tmp_pat
 
     async def go() -> None:
         transport = await listen_unix(stats, path)
-        try:
-            assert path.stat().st_mode & 0o777 == 0o666, "nginx's workers are another user"
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as tx:
-                tx.sendto(datagram(200, "0.5", route="pool=code; reason=model", model="coder").encode(), str(path))
-            for _ in range(100):
-                if sum(stats.requests.values()):
-                    break
-                await asyncio.sleep(0.01)
-        finally:
-            transport.close()
+        assert path.stat().st_mode & 0o777 == 0o666, "nginx's workers are another user"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as tx:
+            tx.sendto(datagram(200, "0.5", route="pool=code; reason=model", model="coder").encode(), str(path))
+        await counted(stats, transport)
 
     asyncio.run(go())
     assert {k: n for k, n in stats.requests.items() if n} == {("code", "coder", "200"): 1}
