@@ -7,7 +7,7 @@ OFFLINE ?=
 SCENARIO ?= default
 COMPOSE := docker compose -f compose/compose.yaml $(if $(OFFLINE),-f compose/compose.offline.yaml)
 
-.PHONY: need-docker need-compose install test test-unit test-e2e test-chaos lint up down up-local offline-images scale-test simulate dashboards bench clean
+.PHONY: need-docker need-compose install test test-unit test-e2e test-chaos lint up down up-local offline-images scale-test simulate dashboards bench clean llama-server cpu-real-engine gpu-check
 
 # Every target that runs Python makes (or brings up to date) the virtual environment first:
 # nothing to remember from a previous step. The stamp is newer than pyproject.toml once installed.
@@ -69,6 +69,21 @@ simulate: $(STAMP)
 SINCE ?= 1800
 dashboards: $(STAMP)
 	$(VENV)/bin/gpufleet dashboards --png reports/dashboards --since $(SINCE)
+
+# A real third-party engine on CPU (examples/cpu-real-engine.yaml): llama.cpp's server built from the sources
+# PyPI's llama-cpp-python ships (~8 min on 2 cores, cached), and a tiny random-weight model made here.
+llama-server:
+	PYTHON=$(if $(wildcard $(PY)),$(PY),python3) third_party/llama-server/build.sh
+
+build/models/tiny-llama.gguf: $(STAMP) third_party/llama-server/tiny_gguf.py
+	$(PY) third_party/llama-server/tiny_gguf.py $@
+
+cpu-real-engine: llama-server build/models/tiny-llama.gguf
+	@echo "now: .venv/bin/gpufleet up --local --config examples/cpu-real-engine.yaml"
+
+# On a machine with an NVIDIA GPU: NVML, placement on its real topology, telemetry, one real replica.
+gpu-check: $(STAMP)
+	$(VENV)/bin/gpufleet gpu-check
 
 up-local: $(STAMP)
 	$(VENV)/bin/gpufleet up --local $(if $(CONFIG),--config $(CONFIG))

@@ -56,6 +56,7 @@ class Activator:
         self.forwarded: dict[str, int] = {p.name: 0 for p in cfg.pools}
         self.timed_out: dict[str, int] = {p.name: 0 for p in cfg.pools}
         self._serving: dict[str, tuple[str, ...]] = {}
+        self._names: dict[str, str] = {}
         self._rr: dict[str, itertools.count[int]] = {p.name: itertools.count() for p in cfg.pools}
         self._changed = asyncio.Event()
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(3600.0, connect=2.0))
@@ -63,9 +64,12 @@ class Activator:
     async def close(self) -> None:
         await self._http.aclose()
 
-    def publish(self, serving: Mapping[str, Sequence[str]]) -> None:
-        """pool → base URLs of its serving replicas (called on the loop after each reconcile)."""
+    def publish(self, serving: Mapping[str, Sequence[str]], names: Mapping[str, str] | None = None) -> None:
+        """pool → base URLs of its serving replicas (called on the loop after each reconcile); names: URL →
+        replica id, for the X-Gpufleet-Replica header a forwarded answer carries as nginx's do."""
         new = {p: tuple(urls) for p, urls in serving.items()}
+        if names is not None:
+            self._names = dict(names)
         if new != self._serving:
             self._serving = new
             self._changed.set()
@@ -124,8 +128,11 @@ class Activator:
                 if resp is not None:
                     release()
                     self.forwarded[pool] += 1
+                    headers = _pass_headers(resp)
+                    if url in self._names:
+                        headers["X-Gpufleet-Replica"] = self._names[url]
                     return StreamingResponse(resp.aiter_raw(), status_code=resp.status_code,
-                                             headers=_pass_headers(resp), background=BackgroundTask(resp.aclose))
+                                             headers=headers, background=BackgroundTask(resp.aclose))
                 self._serving = {k: tuple(u for u in v if u != url) for k, v in self._serving.items()}
             if stream and time.monotonic() < deadline and not await request.is_disconnected():
                 # A long hold for a stream: commit to 200 and keep the client's connection alive meanwhile.

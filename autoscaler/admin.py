@@ -51,10 +51,12 @@ class FleetCollector(Collector):
                                     sum(1 for r in c.replicas if r.pool == p.name and r.role == role))
             if st.signals:
                 s = st.signals[-1]
+                # a signal the pool's engine exports nothing for is absent, not a 0 that looks measured
+                missing = set(c.engine(p.name).missing_signals())
                 for name, val in (("running", s.running), ("waiting", s.waiting),
                                   ("kv_cache_usage", s.kv_usage), ("ttft_p95_s", s.ttft_p95_s),
                                   ("request_rate", s.request_rate), ("ready", s.ready)):
-                    if val is not None:
+                    if val is not None and name not in missing:
                         sig.add_metric([p.name, name], float(val))
         yield from (desired, replicas, panic, sig)
         yield from self._decisions()
@@ -231,7 +233,7 @@ def create_admin_app(controller: Controller, token: str | None = None, edge: Edg
         reasons = {g.index: controller.placer.cordoned[g.id] for g in topo.gpus if g.id in controller.placer.cordoned}
         topo = replace(topo, cordoned=frozenset(reasons), cordon_reasons=reasons)
         holders = {d.id: d.held_by for d in controller.gpu_status().devices if d.held_by}
-        return {"topology": topology_to_json(topo), "holders": holders}
+        return {"topology": topology_to_json(topo), "holders": holders, "note": getattr(controller.placer, "note", "")}
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -36,16 +36,20 @@ def _up(args: argparse.Namespace) -> int:
 
 ADMIN_TOKEN_FILE = Path("run/admin-token")  # the local stack's, in its default run dir
 API_KEY_FILE = Path("run/api-keys.default-key")
+# inside the compose stack's autoscaler (`docker compose exec autoscaler gpufleet gpus`)
+DOCKER_ADMIN_TOKEN_FILE = Path(os.environ.get("GPUFLEET_ADMIN_DIR", "/var/lib/gpufleet-admin")) / "admin-token"
 
 
-def _secret_default(env: str, path: Path) -> str | None:
-    """A client's credential: the environment, else the file the local stack made in ./run."""
+def _secret_default(env: str, *paths: Path) -> str | None:
+    """A client's credential: the environment, else the first file there is (the local stack's in ./run)."""
     if os.environ.get(env):
         return os.environ[env]
-    try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
+    for path in paths:
+        try:
+            return path.read_text().strip() or None
+        except OSError:
+            continue
+    return None
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -88,6 +92,15 @@ def _validate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     print(f"{args.config or 'built-in default'}: OK, pools: "
           + ", ".join(f"{p.name} ({p.model})" for p in cfg.pools))
+    for p in cfg.pools:
+        e = p.engine_spec
+        if e.name == "sim":
+            continue
+        missing = e.missing_signals()
+        print(f"  pool {p.name}: engine {e.name}" + (f", image {e.image}" if e.image else "")
+              + f"; ready when GET {e.ready_path} answers 200 (within {e.start_timeout_s:g} s)"
+              + (f"; exports no metric for {', '.join(missing)}" if missing else "")
+              + ("; sleeps (vLLM sleep mode)" if e.sleep else ""))
     if len(cfg.pools) > 1 or cfg.routing.rules or any(p.aliases or p.fallback for p in cfg.pools):
         for p in sorted(cfg.pools, key=lambda p: -p.priority):  # what a user of several pools wants to see
             parts = [f"priority {p.priority}", f"{p.min_replicas}-{p.max_replicas} x {p.gpus_per_replica} GPU"]
@@ -123,6 +136,7 @@ def _gpus(args: argparse.Namespace) -> int:
     )
 
     holders: dict[str, str] = {}
+    note = None
     if args.topology:
         try:
             topo = load_topology_file(args.topology)
@@ -133,7 +147,8 @@ def _gpus(args: argparse.Namespace) -> int:
         url = args.admin.rstrip("/") + "/gpus"
         from autoscaler.scaletest.loadgen import bearer
 
-        headers = bearer(args.token or _secret_default("GPUFLEET_ADMIN_TOKEN", ADMIN_TOKEN_FILE))
+        headers = bearer(args.token or _secret_default("GPUFLEET_ADMIN_TOKEN", ADMIN_TOKEN_FILE,
+                                                        DOCKER_ADMIN_TOKEN_FILE))
         try:
             data = httpx.get(url, headers=headers, timeout=5).raise_for_status().json()
         except httpx.HTTPError as e:
@@ -142,9 +157,10 @@ def _gpus(args: argparse.Namespace) -> int:
             return 1
         topo = topology_from_json(data["topology"])
         holders = data["holders"]
+        note = data.get("note")
     for gid in args.used or []:
         holders.setdefault(gid, "(--used)")
-    print(f"source: {topo.source}")
+    print(f"source: {topo.source}" + (f" ({note})" if note else ""))
     print(render_matrix(topo, holders))
     if args.place is None:
         return 0
@@ -337,6 +353,27 @@ def _simulate_streams(cfg: Any, sc: Any, base: Path, out: Path, args: argparse.N
     return 0 if summary["slo_met"] else 1
 
 
+def _docker_proxy(args: argparse.Namespace) -> int:
+    from autoscaler.docker_proxy import serve
+
+    asyncio.run(serve(args.host, args.port, args.socket))
+    return 0
+
+
+def _nvml_agent(args: argparse.Namespace) -> int:
+    from autoscaler.gpus.nvml_agent import serve
+
+    serve(args.host, args.port)
+    return 0
+
+
+def _gpu_check(args: argparse.Namespace) -> int:
+    from autoscaler.gpucheck import check
+
+    return check(engine=args.engine, model_path=args.model_path, executable=args.executable,
+                 timeout_s=args.timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gpufleet", description="Elastic LLM serving on one GPU host.")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -414,6 +451,22 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--out", type=Path, default=None, help="report folder (default reports/sim-<scenario>-<time>)")
     sm.add_argument("--duration", type=float, default=None, help="override the scenario's duration (s)")
     sm.set_defaults(func=_simulate)
+    dp = sub.add_parser("docker-proxy", help="the compose stack's Docker API proxy (the only holder of the socket)")
+    dp.add_argument("--host", default="0.0.0.0")
+    dp.add_argument("--port", type=int, default=2375)
+    dp.add_argument("--socket", default="/var/run/docker.sock")
+    dp.set_defaults(func=_docker_proxy)
+    gc = sub.add_parser("gpu-check", help="on an NVIDIA host: NVML, placement on its topology, telemetry, and one "
+                        "real replica on a placed GPU (exit 3: no GPU)")
+    gc.add_argument("--engine", choices=["auto", "vllm", "sglang", "tgi", "llamacpp", "none"], default="auto")
+    gc.add_argument("--model-path", default=None, help="the model the engine loads (vLLM: a local path or an id)")
+    gc.add_argument("--executable", default=None, help="the engine's program (default: the preset's)")
+    gc.add_argument("--timeout", type=float, default=600, help="seconds for the replica to become ready")
+    gc.set_defaults(func=_gpu_check)
+    na = sub.add_parser("nvml-agent", help="NVML over HTTP, in the compose stack's GPU helper container")
+    na.add_argument("--host", default="0.0.0.0")
+    na.add_argument("--port", type=int, default=8185)
+    na.set_defaults(func=_nvml_agent)
     return ap
 
 

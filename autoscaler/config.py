@@ -6,12 +6,14 @@ import hashlib
 import ipaddress
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from autoscaler.engines import Engine, EngineName, MetricNames, resolve
 from inference.metrics import TTFT_BUCKETS
 
 SIGNALS = ("queue_depth", "concurrency", "kv_cache_usage", "ttft_p95_s", "request_rate")
@@ -165,14 +167,69 @@ class SloConfig(_Strict):
         return v
 
 
+class MetricsOverride(_Strict):
+    """Metric names behind our signals, for an engine whose names differ from its preset's (a sample name
+    as /metrics writes it, or a list of alternatives; [] says the engine does not export it)."""
+
+    running: tuple[str, ...] | None = None
+    waiting: tuple[str, ...] | None = None
+    kv_cache_usage: tuple[str, ...] | None = None
+    ttft_histogram: tuple[str, ...] | None = None  # a histogram's base name (its _bucket samples are read)
+    requests_total: tuple[str, ...] | None = None  # a counter of finished requests
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return (v,) if isinstance(v, str) else v
+
+    @field_validator("*")
+    @classmethod
+    def _names(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for n in v or ():
+            if not _METRIC_NAME.fullmatch(n):
+                raise ValueError(f"{n!r} is not a Prometheus metric name")
+        return v
+
+    def apply(self, base: MetricNames) -> MetricNames:
+        return replace(base, **{k: v for k, v in self if v is not None})
+
+
+_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# set by gpufleet for every replica: a pool's env may not change them
+_ENV_OURS = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "GPUFLEET_REPLICA_ID")
+_VOLUME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_SECRET = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_DOCKER_SIZE = r"^[1-9][0-9]{0,8}[kKmMgG]?$"
+
+
 class PoolConfig(_Strict):
     name: str
-    model: str = Field(min_length=1, max_length=256)
-    engine: Literal["sim", "command"] = "sim"
+    model: str = Field(min_length=1, max_length=256)  # the served name: the OpenAI `model` field
+    engine: EngineName = "sim"
     sim: SimEngineArgs = SimEngineArgs()
-    command: tuple[str, ...] | None = None  # engine=command: argv with {port} and {model}
-    image: str | None = None  # docker runtime: a replica image other than ours (e.g. vLLM)
+    command: tuple[str, ...] | None = None  # engine=command: the whole argv, with {port} and {model}
+    # what a real engine loads (a Hugging Face repo id, a path in the replica); default: `model`
+    model_path: str | None = Field(default=None, min_length=1, max_length=1024)
+    executable: str | None = None  # the preset's program, replaced (e.g. a llama-server built on this host)
+    args: tuple[str, ...] = ()  # appended to the preset's argv
+    image: str | None = None  # docker runtime: the replica image (default: the preset's; sim: the stack's)
     limits: ReplicaLimits = ReplicaLimits()  # docker runtime: each replica container's memory and pids
+    ready_path: str | None = Field(default=None, pattern=r"^/[A-Za-z0-9_./?=&-]{0,200}$")  # default: the preset's
+    metrics: MetricsOverride | None = None  # default: the preset's names
+    sleep: bool | None = None  # the engine serves vLLM's sleep endpoints (default: the preset says)
+    env: dict[str, str] = Field(default_factory=dict)  # "{secrets}" in a value: where secret_files are
+    # name -> a file the autoscaler reads (relative: to the fleet file); the replica reads it as a file
+    # ({secrets}/<name>), never as an environment variable `docker inspect` would show
+    secret_files: dict[str, Path] = Field(default_factory=dict)
+    # docker runtime: the stack's named volumes (compose project's) -> path in the replica; default: the
+    # weights cache volume at the preset's cache path
+    volumes: dict[str, str] | None = None
+    shm_size: str | None = Field(default=None, pattern=_DOCKER_SIZE)  # docker: /dev/shm (tensor parallel: GBs)
+    ipc: Literal["private", "shareable"] | None = None  # docker: never the host's (use shm_size)
+    start_timeout_s: float | None = Field(default=None, gt=0)  # not ready by then: stopped (default: preset's)
+    stop_grace_s: float | None = Field(default=None, gt=0, le=600)  # stop signal to kill (default: preset's)
+    read_only_root: bool | None = None  # docker: the replica's root file system (default: preset's)
     gpus_per_replica: int = Field(default=1, ge=0, le=8)
     gpu_model: str | None = None  # substring of the GPU name, e.g. "H100"
     gpu_min_memory_mb: int = Field(default=0, ge=0)
@@ -242,13 +299,49 @@ class PoolConfig(_Strict):
             )
         if self.engine == "command" and not self.command:
             raise ValueError("engine 'command' needs `command` (argv, with {port} and {model})")
+        if self.command and self.engine != "command":
+            raise ValueError(f"`command` is for engine 'command'; engine {self.engine!r} takes `args` (appended) "
+                             "and `executable` (its program replaced)")
         if self.command and not any("{port}" in a for a in self.command):
             raise ValueError("`command` must contain {port}: the replica has to listen where it is told")
+        for k, v in self.env.items():
+            if not _ENV_NAME.fullmatch(k):
+                raise ValueError(f"env {k!r}: letters, digits and '_', not starting with a digit")
+            if k in _ENV_OURS:
+                raise ValueError(f"env {k}: set by gpufleet for every replica (from its placement), not by a pool")
+            if "\x00" in v or not v.isprintable():
+                raise ValueError(f"env {k}: the value must be printable text")
+        for name in self.secret_files:
+            if not _SECRET.fullmatch(name):
+                raise ValueError(f"secret_files {name!r}: lower-case letters, digits, '-' and '_'")
+        for vol, path in (self.volumes or {}).items():
+            if not _VOLUME.fullmatch(vol):
+                raise ValueError(f"volumes {vol!r}: a volume name of the stack (lower-case letters, digits, _ . -)")
+            if not path.startswith("/") or "\x00" in path or ":" in path:
+                raise ValueError(f"volumes {vol}: {path!r} must be an absolute path in the replica, without ':'")
+        eng = resolve(self)
+        missing = set(eng.missing_signals())
+        for signal, _ in self.targets.items():
+            if signal in missing:
+                raise ValueError(
+                    f"targets.{signal}: engine {self.engine!r} exports no metric for it "
+                    f"({', '.join(sorted(missing))} cannot be read from it): drop the target, or name the "
+                    f"engine's metric under `metrics`")
+        if self.warm_pool.asleep and not eng.sleep:
+            raise ValueError(f"warm_pool.asleep: engine {self.engine!r} has no sleep mode (vLLM's /sleep and "
+                             "/wake_up); keep warm replicas awake (asleep: 0)")
         return self
+
+    @property
+    def engine_spec(self) -> Engine:
+        """The engine this pool runs, its preset merged with the pool's overrides."""
+        return resolve(self)
 
     def config_hash(self) -> str:
         """What a replica was started with; replicas of another hash are replaced."""
-        keep = self.model_dump(include={"model", "engine", "sim", "command", "image", "gpus_per_replica"})
+        keep = self.model_dump(mode="json", include={
+            "model", "engine", "sim", "command", "image", "gpus_per_replica", "model_path", "executable", "args",
+            "env", "secret_files", "volumes", "shm_size", "ipc", "metrics", "read_only_root"})
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -481,6 +574,31 @@ def parse_config(data: Any, source: str = "fleet.yaml") -> FleetConfig:
         raise ConfigError("\n".join(lines)) from None
 
 
+def _pool_files(cfg: FleetConfig, path: Path, base: Path) -> FleetConfig:
+    """The files each pool names, relative to the fleet file: its executable and model file where they exist
+    there, and its secret files, which must be readable now (a start that could not read one would fail in
+    every replica instead)."""
+    pools = []
+    for i, p in enumerate(cfg.pools):
+        # a local executable or model file named relative to the fleet file (a Hugging Face id stays as is)
+        update: dict[str, Any] = {k: str((base / v).resolve()) for k in ("executable", "model_path")
+                                  if (v := getattr(p, k)) and not Path(v).is_absolute() and (base / v).exists()}
+        files = {}
+        for name, f in p.secret_files.items():
+            f = f if f.is_absolute() else base / f
+            try:
+                with open(f, "rb") as fh:
+                    fh.read(1)
+            except OSError as e:
+                raise ConfigError(f"{path}: pools[{i}].secret_files.{name}: cannot read {f}: {e.strerror} (the "
+                                  "autoscaler reads it as its own user; in Docker, uid 65534)") from None
+            files[name] = f
+        if files != p.secret_files:
+            update["secret_files"] = files
+        pools.append(p.model_copy(update=update) if update else p)
+    return cfg.model_copy(update={"pools": tuple(pools)})
+
+
 def load_config(path: Path | None) -> FleetConfig:
     """Whatever this accepts, starts: besides the schema, the files the config names are read here."""
     if path is None:
@@ -514,6 +632,7 @@ def load_config(path: Path | None) -> FleetConfig:
             load_topology_file(Path(tf))
         except TopologyParseError as e:
             raise ConfigError(f"{path}: gpus.topology_file: {e}") from None
+    cfg = _pool_files(cfg, Path(path), base)
     kf = cfg.gateway.auth.keys_file
     if kf is not None:
         if not kf.is_absolute() and (base / kf).exists():

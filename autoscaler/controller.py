@@ -22,10 +22,11 @@ from typing import Any, Protocol
 
 import httpx
 
-from autoscaler.config import FleetConfig
+from autoscaler.config import FleetConfig, parse_config
+from autoscaler.engines import Engine
 from autoscaler.gateway.nginx import Gateway
 from autoscaler.gateway.render import PoolRoute
-from autoscaler.gpus.telemetry import GpuReading, SlotLoad, read_nvml, simulated_readings
+from autoscaler.gpus.telemetry import GpuReading, SlotLoad, simulated_readings
 from autoscaler.gpus.topology import Topology
 from autoscaler.reconcile import (
     Action,
@@ -41,6 +42,7 @@ from autoscaler.runtime.base import Replica, Runtime
 from autoscaler.signals import ReplicaSample, parse_metrics
 from autoscaler.status import (
     ClaimStatus,
+    EngineStatus,
     EventStatus,
     FleetStatus,
     GatewayStatus,
@@ -53,6 +55,8 @@ from autoscaler.status import (
 
 log = logging.getLogger("gpufleet.controller")
 
+# how a replica of a pool that is no longer configured is read: the sim engine's (vLLM's) contract
+PRESET_FALLBACK = parse_config({"pools": [{"name": "x", "model": "x"}]}).pools[0].engine_spec
 GPU_HEALTH_EVERY = 10  # ticks between NVML health checks
 TELEMETRY_EVERY = 2  # ticks between GPU readings (Prometheus scrapes every 5 s)
 SAMPLES_KEPT = 16  # per replica: enough for any metric window at a 1 s tick
@@ -67,6 +71,11 @@ class Placer(Protocol):
 
     @property
     def virtual(self) -> bool: ...
+
+    @property
+    def reads_gpus(self) -> bool: ...
+
+    def readings(self) -> list[GpuReading]: ...
 
     def failing(self) -> dict[str, str]: ...
 
@@ -127,6 +136,8 @@ class Controller:
         if activator is not None:
             activator.notify = self.wake
         self._sleep_calls: set[str] = set()  # replicas with a /sleep or /wake_up in flight
+        self._probes: dict[str, asyncio.Task[None]] = {}  # readiness probes in flight, by replica
+        self.engines: dict[str, Engine] = {p.name: p.engine_spec for p in cfg.pools}
         gateway.on_reload.append(self._on_reload)
 
     def wake(self, pool: str | None = None) -> None:
@@ -143,8 +154,8 @@ class Controller:
 
     # ---- observe -------------------------------------------------------------------------
 
-    async def _get(self, url: str) -> tuple[int, str]:
-        async with self._http.stream("GET", url) as resp:
+    async def _get(self, url: str, timeout: float | None = None) -> tuple[int, str]:
+        async with self._http.stream("GET", url, **({"timeout": timeout} if timeout else {})) as resp:
             body = bytearray()
             async for chunk in resp.aiter_bytes():
                 body += chunk
@@ -152,29 +163,55 @@ class Controller:
                     raise ValueError(f"{url}: more than {METRICS_MAX_BYTES} bytes")
             return resp.status_code, body.decode("utf-8", errors="replace")
 
+    def engine(self, pool: str) -> Engine:
+        """The pool's engine; a replica of a pool no longer in the config is read as the sim engine is."""
+        return self.engines.get(pool) or self.engines.setdefault(pool, PRESET_FALLBACK)
+
+    async def _probe_ready(self, r: Replica, h: ReplicaHealth) -> None:
+        """A loading replica's own readiness contract (vLLM: GET /health 200, which it answers only once loaded;
+        llama.cpp: 503 until loaded; SGLang: a one-token generation that takes a second or more). The probe
+        runs off the tick with the engine's deadline, one at a time per replica; the tick waits for it no
+        longer than a scrape, so a slow probe never holds the loop, and its answer counts the tick it comes."""
+        task = self._probes.get(r.id)
+        if task is None or task.done():
+            eng = self.engine(r.pool)
+
+            async def probe() -> None:
+                try:
+                    code, _ = await asyncio.wait_for(self._get(f"{r.url}{eng.ready_path}", eng.ready_timeout_s),
+                                                     eng.ready_timeout_s)
+                    h.ready = code == 200
+                    h.last_error = None if h.ready else f"{eng.ready_path} answered {code}"
+                except Exception as e:  # not listening yet (vLLM binds its port once loaded), a timeout, ...
+                    h.ready = False
+                    h.last_error = f"{eng.ready_path}: {type(e).__name__}: {e}" if str(e) else \
+                        f"{eng.ready_path}: {type(e).__name__}"
+
+            task = self._probes[r.id] = asyncio.get_running_loop().create_task(probe())
+        await asyncio.wait({task}, timeout=self.cfg.scrape_timeout_s)
+
     async def _scrape_once(self, r: Replica, h: ReplicaHealth) -> None:
-        if r.role == "starting":
-            code, _ = await self._get(f"{r.url}/ready")
-            h.ready = code == 200
-            h.failures = 0
-            if not h.ready:
-                return
-        if r.role == "warm":
+        eng = self.engine(r.pool)
+        if r.role == "warm" and eng.sleep:
             code, text = await self._get(f"{r.url}/is_sleeping")
             # an engine without sleep mode (404) is awake
             h.sleeping = code == 200 and json.loads(text).get("is_sleeping") is True
         code, text = await self._get(f"{r.url}/metrics")
         if code != 200:
             raise ValueError(f"/metrics answered {code}")
-        h.samples.append(parse_metrics(text, self.clock()))
+        h.samples.append(parse_metrics(text, self.clock(), eng.metrics))
         h.ready = True
         h.failures = 0
         h.last_error = None
 
     async def _scrape(self, r: Replica) -> None:
         """One replica's scrape, bounded as a whole: a replica that drips its answer byte by byte or sends
-        garbage fails its own health check and delays no one."""
+        garbage fails its own health check and delays no one. A loading one is probed for readiness first."""
         h = self.health.setdefault(r.id, ReplicaHealth())
+        if r.role == "starting":
+            await self._probe_ready(r, h)
+            if not h.ready:
+                return
         try:
             await asyncio.wait_for(self._scrape_once(r, h), timeout=self.cfg.scrape_timeout_s)
         except Exception as e:
@@ -193,6 +230,10 @@ class Controller:
         for rid in list(self.health):
             if rid not in ids and rid not in self._busy:
                 del self.health[rid]
+        for rid in [rid for rid in self._probes if rid not in ids or self._probes[rid].done()]:
+            task = self._probes.pop(rid)
+            if not task.done():
+                task.cancel()
         self.replicas = reps
         now = self.clock()
         p = self.placer
@@ -327,7 +368,9 @@ class Controller:
         routes = tuple(self._last_routes.get(p.name, p) if p.name in failed else p for p in out.routes)
         self._last_routes = {p.name: p for p in routes}
         if self.activator is not None:  # held requests go to a ready replica now, not after the reload
-            self.activator.publish({p.name: [f"http://{s}" for s in p.servers] for p in routes})
+            self.activator.publish({p.name: [f"http://{s}" for s in p.servers] for p in routes},
+                                   {f"http://{s}": rid for p in routes for s, rid in zip(p.servers, p.replica_ids,
+                                                                                          strict=False)})
         by_upstream = {r.upstream: r.id for r in self.replicas}
         route_ids = frozenset(by_upstream[s] for p in routes for s in p.servers if s in by_upstream)
         await self.gateway.update(routes, tag=route_ids)
@@ -409,8 +452,8 @@ class Controller:
         """NVML where GPUs are real (a thread: it is a blocking C library), else the sim replicas' load."""
         topo = self.placer.topo
         try:
-            if self.placer.nvml is not None:
-                self.gpu_readings = await asyncio.to_thread(read_nvml, self.placer.nvml, topo)
+            if self.placer.reads_gpus:
+                self.gpu_readings = await asyncio.to_thread(self.placer.readings)
             else:  # virtual slots or a topology file: the sim replicas' load stands in, labelled simulated
                 load: dict[str, SlotLoad] = {}
                 for r in self.replicas:
@@ -474,8 +517,12 @@ class Controller:
             st = self.states[p.name]
             d = st.decision
             sig = st.signals[-1] if st.signals else None
+            eng = self.engine(p.name)
+            missing = set(eng.missing_signals())
             pools[p.name] = PoolStatus(
                 model=p.model,
+                engine=EngineStatus(name=eng.name, image=eng.image, ready_path=eng.ready_path, sleep=eng.sleep,
+                                    start_timeout_s=eng.start_timeout_s, missing_signals=sorted(missing)),
                 desired_active=d.desired_active if d else None,
                 desired_warm=d.desired_warm if d else None,
                 panic=d.panic if d else False,
@@ -493,8 +540,8 @@ class Controller:
                                     since=c.since) for c in st.claims.values()],
                 signals=None if sig is None else SignalsStatus(
                     ready=sig.ready, running=sig.running, waiting=sig.waiting,
-                    kv_cache_usage=round(sig.kv_usage, 4), ttft_p95_s=sig.ttft_p95_s,
-                    request_rate=sig.request_rate),
+                    kv_cache_usage=None if "kv_cache_usage" in missing else round(sig.kv_usage, 4),
+                    ttft_p95_s=sig.ttft_p95_s, request_rate=None if "request_rate" in missing else sig.request_rate),
                 replicas=[
                     ReplicaStatus(id=r.id, role=r.role, target_role=r.target_role,
                                   ready=bool(self.health.get(r.id) and self.health[r.id].ready),

@@ -10,10 +10,12 @@ SIGKILL leaves it serving, and the next autoscaler adopts it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import uvicorn
 
 from autoscaler.activator import Activator, create_activator_app
 from autoscaler.admin import AdminServer, create_admin_app
-from autoscaler.config import FleetConfig
+from autoscaler.config import FleetConfig, GpuConfig
 from autoscaler.controller import Controller
 from autoscaler.credentials import admin_token, keys_source
 from autoscaler.gateway.edge import EdgeStats
@@ -29,9 +31,12 @@ from autoscaler.gateway.edge import listen_unix as listen_edge_unix
 from autoscaler.gateway.nginx import EDGE_SOCKET_NAME, Gateway, docker_nginx_conf
 from autoscaler.gateway.render import initial_routes
 from autoscaler.gateway.routing import routing_table
-from autoscaler.gpus.placement import make_placer
+from autoscaler.gpus.nvml_agent import PORT as NVML_PORT
+from autoscaler.gpus.nvml_agent import NvmlAgent
+from autoscaler.gpus.placement import TopologyPlacer, make_placer
+from autoscaler.gpus.topology import Link, LinkKind, uniform_topology
 from autoscaler.prom_sd import TargetsWriter
-from autoscaler.runtime.docker import DockerNginx, DockerRuntime
+from autoscaler.runtime.docker import REPLICA_USER, DockerNginx, DockerRuntime
 
 log = logging.getLogger("gpufleet.docker")
 
@@ -41,6 +46,8 @@ TARGETS = Path(os.environ.get("GPUFLEET_TARGETS", "/run/gpufleet/prometheus/targ
 # a volume: the admin token (Prometheus mounts it too, read-only) and the gateway's keys file
 STATE_DIR = Path(os.environ.get("GPUFLEET_STATE_DIR", "/var/lib/gpufleet"))
 ADMIN_DIR = Path(os.environ.get("GPUFLEET_ADMIN_DIR", "/var/lib/gpufleet-admin"))  # Prometheus reads this one
+# the replicas' secrets volume, as the autoscaler mounts it (it writes the pools' secret files there)
+SECRETS_DIR = Path(os.environ.get("GPUFLEET_REPLICA_SECRETS_DIR", "/var/lib/gpufleet-replica-secrets"))
 
 
 def discover(client: Any) -> tuple[str, str, str]:
@@ -64,11 +71,101 @@ def discover(client: Any) -> tuple[str, str, str]:
     return project, network, image
 
 
-def nvidia_runtime(client: Any) -> bool:
+def no_nvidia_runtime(client: Any) -> str | None:
+    """Why Docker cannot give containers GPUs (None: it can)."""
     try:
-        return "nvidia" in (client.info().get("Runtimes") or {})
-    except Exception:
-        return False
+        runtimes = client.info().get("Runtimes") or {}
+    except Exception as e:
+        return f"docker info failed ({type(e).__name__}: {e})"
+    if "nvidia" in runtimes:
+        return None
+    return (f"Docker has no NVIDIA runtime (docker info lists {', '.join(sorted(runtimes)) or 'none'}); install the "
+            "NVIDIA Container Toolkit and run `nvidia-ctk runtime configure --runtime=docker` for GPU replicas")
+
+
+def helper_kwargs(project: str, network: str, image: str) -> dict[str, Any]:
+    """The NVML helper's container: the stack's image, every GPU with the utility capability only, and the
+    same least privilege as a replica."""
+    from docker.types import DeviceRequest
+
+    return dict(
+        image=image, entrypoint=["gpufleet"], command=["nvml-agent", "--port", str(NVML_PORT)],
+        name=f"{project}-nvml", network=network, detach=True, restart_policy={"Name": "no"},
+        labels={"io.gpufleet.owner": project, "com.docker.compose.project": project,
+                "com.docker.compose.service": "nvml", "com.docker.compose.oneoff": "False",
+                "com.docker.compose.config-hash": "nvml"},
+        environment={"NVIDIA_DRIVER_CAPABILITIES": "utility", "HOME": "/tmp"},
+        device_requests=[DeviceRequest(driver="nvidia", count=-1, capabilities=[["utility"]])],
+        user=REPLICA_USER, cap_drop=["ALL"], security_opt=["no-new-privileges:true"], read_only=True,
+        tmpfs={"/tmp": "rw,nosuid,nodev,size=16m"}, mem_limit="256m", pids_limit=64, stop_signal="SIGTERM",
+    )
+
+
+def start_nvml_helper(client: Any, project: str, network: str, image: str, wait_s: float = 60.0) -> NvmlAgent:
+    """Adopt a running helper or start one, and wait until it answers with the topology."""
+    import docker.errors
+
+    name = f"{project}-nvml"
+    try:
+        c = client.containers.get(name)
+        if c.status != "running":
+            c.remove(force=True)
+            raise docker.errors.NotFound(name)
+    except docker.errors.NotFound:
+        c = client.containers.create(**helper_kwargs(project, network, image))
+        try:
+            c.start()
+        except Exception:
+            c.remove(force=True)
+            raise
+    agent = NvmlAgent(f"http://{name}:{NVML_PORT}")
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            agent.topology()
+            return agent
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def stop_nvml_helper(client: Any, project: str) -> None:
+    with contextlib.suppress(Exception):
+        client.containers.get(f"{project}-nvml").remove(force=True)
+
+
+def docker_placer(cfg: GpuConfig, client: Any, project: str, network: str, image: str) -> TopologyPlacer:
+    """The GPUs the compose stack places on: NVML in this container where it has GPUs, else NVML through the
+    helper where Docker can give GPUs, else virtual slots; the log says which, and why, in one line."""
+    if cfg.source in ("none", "topology"):
+        return make_placer(cfg)
+    try:
+        from autoscaler.gpus.nvml import load_pynvml, read_topology
+
+        nvml = load_pynvml()
+        topo = read_topology(nvml)
+        if topo.n:
+            log.info("GPUs: NVML in the autoscaler's container sees %d", topo.n)
+            return TopologyPlacer(topo, nvml, note="NVML in the autoscaler's container")
+    except Exception:  # the usual case: the autoscaler's service has no GPU device; the helper reads NVML
+        pass
+    why = no_nvidia_runtime(client)
+    if why is None:
+        try:
+            agent = start_nvml_helper(client, project, network, image)
+            topo = agent.topology()
+            if topo.n:
+                log.info("GPUs: %d, read through the NVML helper %s-nvml (utility capability only)", topo.n, project)
+                return TopologyPlacer(topo, agent=agent, note=f"NVML through the helper container {project}-nvml")
+            why = "the NVML helper sees no GPU"
+        except Exception as e:
+            why = f"the NVML helper did not start ({type(e).__name__}: {e})"
+            stop_nvml_helper(client, project)
+    if cfg.source == "nvml":
+        raise RuntimeError(f"gpus.source is nvml but {why}")
+    log.warning("no GPU used: %s. Replicas run CPU-only on %d virtual slots.", why, cfg.virtual_slots)
+    return TopologyPlacer(uniform_topology(cfg.virtual_slots, Link(LinkKind.PHB)), note=f"no GPU used: {why}")
 
 
 async def run_docker(cfg: FleetConfig) -> None:
@@ -98,10 +195,11 @@ async def run_docker(cfg: FleetConfig) -> None:
     # requests to the activator (which forwards to replicas it is told of), never a 404. Overwriting what
     # an adopted nginx runs on is safe: the files count only at its next reload, which is the first update.
     gateway.write_initial(routes=initial_routes(cfg))
-    runtime = DockerRuntime(client, project, network, image, gpus_visible=nvidia_runtime(client))
+    placer = await asyncio.to_thread(docker_placer, cfg.gpus, client, project, network, image)
+    runtime = DockerRuntime(client, project, network, image, gpus_visible=placer.reads_gpus,
+                            secrets_dir=SECRETS_DIR, secrets_volume=f"{project}_replica-secrets")
     activator = Activator(cfg) if act.enabled else None
-    controller = Controller(cfg, runtime, gateway, make_placer(cfg.gpus), TargetsWriter(TARGETS),
-                            activator=activator)
+    controller = Controller(cfg, runtime, gateway, placer, TargetsWriter(TARGETS), activator=activator)
     edge = EdgeStats.for_fleet(cfg) if g.edge_log_port else None
     # the gateway's nginx sends its access log to a socket in the conf volume both mount
     edge_rx = await listen_edge_unix(edge, NGINX_DIR / EDGE_SOCKET_NAME) if edge else None
@@ -119,6 +217,8 @@ async def run_docker(cfg: FleetConfig) -> None:
         if edge_rx is not None:
             edge_rx.close()
         await controller.shutdown_replicas()
+        if placer.agent is not None:
+            await asyncio.to_thread(stop_nvml_helper, client, project)
         await controller.close()
         admin.should_exit = True
         await admin_task

@@ -10,10 +10,12 @@ no globals: the live loop, the unit tests and the simulator run this same code.
 What a tick decides, in order (each rule is one block below):
 1. evict: a replica whose process/container exited, or that failed its health
    checks `unhealthy_after` times in a row, is stopped; an exit the loop did
-   not ask for is a crash and puts the pool's starts into exponential backoff;
+   not ask for is a crash and puts the pool's starts into exponential backoff,
+   and so does a start not ready within the engine's `start_timeout_s`;
    two live replicas holding one GPU (left by a crash elsewhere) keep the
    serving one;
-2. promote: a loading replica whose /ready answered becomes what it was
+2. promote: a loading replica whose readiness probe (its engine's own: vLLM's
+   /health, llama.cpp's /health, ...) answered 200 becomes what it was
    started for (active or warm);
 3. finish drains: a draining replica is empty (or timed out) counting only from
    when nginx stopped routing to it; then it is demoted to warm if the pool
@@ -37,13 +39,13 @@ still holds its GPUs: they are not handed out until it is gone.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from autoscaler.arbiter import Candidate, Claim, ClaimKind, PoolShare, find_move, find_reclaim
 from autoscaler.config import FleetConfig, PoolConfig
+from autoscaler.engines import resolve
 from autoscaler.gateway.render import PoolRoute
 from autoscaler.gateway.routing import SaturationState, next_saturation
 from autoscaler.gpus.placement import choose_gpus
@@ -72,7 +74,7 @@ class ReplicaObs:
     created_at: float
     role_since: float
     alive: bool = True  # process/container running
-    ready: bool = False  # /ready answered (loading replicas); scrapes answering (others)
+    ready: bool = False  # its engine's readiness probe answered 200 (loading replicas); scrapes answering (others)
     failures: int = 0  # consecutive failed scrapes
     last_error: str | None = None
     gpus: tuple[str, ...] = ()
@@ -144,7 +146,7 @@ def note_crash(p: PoolConfig, st: PoolState, now: float, why: str) -> PoolState:
 ActionKind = Literal["stop", "promote", "activate", "retarget", "drain", "demote", "start", "sleep", "wake"]
 # the events dashboards draw as annotations: what changed a pool's replicas, and why it had to
 SCALE_EVENTS = ("start", "activate", "promote", "drain", "demote", "stop", "sleep", "wake", "panic", "reclaim",
-                "move", "crash", "start_failed")
+                "move", "crash", "start_failed", "start_timeout")
 
 
 @dataclass(frozen=True)
@@ -183,20 +185,15 @@ class Reconciled:
         return {name: st.saturation.saturated for name, st in self.states.items()}
 
 
-def replica_argv(pool: PoolConfig) -> tuple[str, ...]:
-    if pool.engine == "command":
-        assert pool.command is not None
-        return tuple(pool.command)  # placeholders, {model} included, are filled by the runtime
-    s = pool.sim
-    argv = [sys.executable, "-m", "inference", "--host", "{host}", "--port", "{port}",
-            "--model", "{model}", "--profile", s.profile, "--replica-id", "{replica_id}"]
-    for flag, val in (("--load-time", s.load_time_s), ("--max-num-seqs", s.max_num_seqs),
-                      ("--step-base", s.step_base_s), ("--step-per-seq", s.step_per_seq_s),
-                      ("--kv-capacity", s.kv_capacity_tokens), ("--max-waiting", s.max_waiting),
-                      ("--wake-time", s.wake_time_s)):
-        if val is not None:
-            argv += [flag, str(val)]
-    return tuple(argv)
+def replica_spec(p: PoolConfig, role: Role, gpus: tuple[str, ...], cpus: tuple[int, ...] = ()) -> ReplicaSpec:
+    """What the runtime starts for one replica of p: its engine (preset + overrides) on these GPUs."""
+    e = resolve(p)
+    return ReplicaSpec(
+        pool=p.name, model=p.model, argv=e.argv, config_hash=p.config_hash(), target_role=role, gpus=gpus,
+        cpus=cpus, image=e.image, memory_limit=p.limits.memory, pids_limit=p.limits.pids, env=dict(e.env),
+        secret_files={k: str(v) for k, v in p.secret_files.items()}, volumes=dict(e.volumes), shm_size=e.shm_size,
+        ipc=p.ipc, stop_signal=e.stop_signal, stop_grace_s=e.stop_grace_s, user=e.user,
+        read_only_root=e.read_only_root)
 
 
 def place_replica(gpus: GpuView, p: PoolConfig, used: set[str],
@@ -258,6 +255,15 @@ def reconcile(
                     "backoff_s": round(st.backoff_until - now, 3)}))
         elif r.role != "starting" and r.failures >= cfg.unhealthy_after:
             stop(r, f"failed {r.failures} health checks: {r.last_error}")
+        elif r.role == "starting" and not r.ready and (p := pools.get(r.pool)) is not None and (
+                now - r.created_at > (limit := resolve(p).start_timeout_s)):
+            # a replica that never becomes ready would hold its GPUs for ever: a failed start
+            stop(r, f"not ready {limit:g} s after its start (start_timeout_s): {r.last_error or 'no answer'}")
+            st = note_crash(p, work[p.name], now, f"replica {r.id} not ready within {limit:g} s")
+            work[p.name] = st
+            events.append(Event("start_timeout", p.name, {
+                "replica": r.id, "start_timeout_s": limit, "gpus": list(r.gpus), "crashes": st.crashes,
+                "backoff_s": round(st.backoff_until - now, 3), "last_error": r.last_error}))
     # A GPU with two live holders (a crash between a stop and its removal, elsewhere): keep the one that
     # serves, retire the others, instead of stalling on it.
     holders: dict[str, list[ReplicaObs]] = {}
@@ -506,9 +512,7 @@ def _pool_step(
                 continue
             tick.used.update(placed.gpus)
             given += a.role == "active"
-            spec = ReplicaSpec(pool=p.name, model=p.model, argv=replica_argv(p), config_hash=p.config_hash(),
-                               target_role=a.role, gpus=placed.gpus, cpus=placed.cpus, image=p.image,
-                               memory_limit=p.limits.memory, pids_limit=p.limits.pids)
+            spec = replica_spec(p, a.role, placed.gpus, placed.cpus)
             acts.append(Action("start", p.name, None, role=a.role, reason=a.reason, spec=spec,
                                detail={"placement": placed.note}))
     # A moved replica drains once the pool serves its desired count without it.

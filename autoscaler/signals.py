@@ -1,8 +1,9 @@
 """Replica metrics → per-pool signals. Parsing and aggregation are pure; the
 scrape itself is a thin httpx call in the controller.
 
-Metric names follow vLLM V1; SGLang's and TGI's equivalents are mapped so that
-those servers can be pool replicas too.
+Which metric stands behind which signal is the engine's (`autoscaler.engines`:
+vLLM's names, SGLang's, TGI's, llama.cpp's, or a pool's own), so that a pool of
+any of those servers is scaled on what that server exports.
 """
 
 from __future__ import annotations
@@ -13,12 +14,8 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-# Our signal ← (metric family name as the parser reports it, per engine)
-_RUNNING = ("vllm:num_requests_running", "sglang:num_running_reqs", "tgi_batch_current_size")
-_WAITING = ("vllm:num_requests_waiting", "sglang:num_queue_reqs", "tgi_queue_size")
-_KV = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage")
-_TTFT = ("vllm:time_to_first_token_seconds",)
-_SUCCESS = ("vllm:request_success",)
+from autoscaler.engines import VLLM_METRICS, MetricNames
+
 _SIM_GPU_MEM = "gpufleet_sim_gpu_memory_bytes"  # the sim engine's: what its virtual slot "holds"
 
 
@@ -33,39 +30,44 @@ class ReplicaSample:
     sim_gpu_memory_bytes: float = 0.0
 
 
-def parse_metrics(text: str, t: float) -> ReplicaSample:
-    """One scrape → one sample. Anything the signals cannot use honestly (NaN, ±Inf, a bucket without
-    a numeric `le`, text the parser refuses) is a ValueError: the replica's scrape failed, and only
-    that replica's health pays for it."""
+def parse_metrics(text: str, t: float, names: MetricNames = VLLM_METRICS) -> ReplicaSample:
+    """One scrape → one sample, reading the samples `names` puts behind each signal. Anything the signals
+    cannot use honestly (NaN, ±Inf, a bucket without a numeric `le`, text the parser refuses) is a
+    ValueError: the replica's scrape failed, and only that replica's health pays for it."""
     running = waiting = kv = requests = sim_mem = 0.0
     buckets: dict[float, float] = {}
+    bucket_names = {f"{h}_bucket" for h in names.ttft_histogram}
+    sums = {f"{h}_sum" for h in names.ttft_histogram}
+    gauges = set(names.running) | set(names.waiting) | set(names.kv_cache_usage) | set(names.requests_total)
     try:
         families = list(text_string_to_metric_families(text))
     except Exception as e:  # the parser raises more than ValueError on garbage
         raise ValueError(f"unparsable metrics: {type(e).__name__}: {e}") from None
     for fam in families:
         for s in fam.samples:
-            used = fam.name in _RUNNING + _WAITING + _KV + _TTFT + _SUCCESS
-            if used and not math.isfinite(s.value) and not (fam.name in _TTFT and s.name.endswith("_sum")):
-                raise ValueError(f"{s.name} is {s.value}: not a finite number")
-            if fam.name in _RUNNING and s.name == fam.name:
+            n = s.name
+            if (n in gauges or n in bucket_names) and not math.isfinite(s.value):
+                raise ValueError(f"{n} is {s.value}: not a finite number")
+            if n in names.running:
                 running += s.value
-            elif fam.name in _WAITING and s.name == fam.name:
+            elif n in names.waiting:
                 waiting += s.value
-            elif fam.name in _KV and s.name == fam.name:
+            elif n in names.kv_cache_usage:
                 kv = max(kv, s.value)
-            elif fam.name in _TTFT and s.name.endswith("_bucket"):
+            elif n in bucket_names:
                 try:
                     le = float(s.labels["le"])
                 except (KeyError, ValueError):
-                    raise ValueError(f"{s.name} sample without a numeric le label: {s.labels}") from None
+                    raise ValueError(f"{n} sample without a numeric le label: {s.labels}") from None
                 if math.isnan(le):
-                    raise ValueError(f"{s.name} has le=NaN")
+                    raise ValueError(f"{n} has le=NaN")
                 buckets[le] = buckets.get(le, 0.0) + s.value
-            elif fam.name in _SUCCESS and s.name.endswith("_total"):
+            elif n in names.requests_total:
                 requests += s.value
-            elif fam.name == _SIM_GPU_MEM and math.isfinite(s.value):
+            elif n == _SIM_GPU_MEM and math.isfinite(s.value):
                 sim_mem += s.value
+            elif n in sums:
+                continue  # a histogram's sum may be anything
     if running < 0 or waiting < 0:
         raise ValueError(f"negative request counts (running {running}, waiting {waiting})")
     return ReplicaSample(t, running, waiting, kv, tuple(sorted(buckets.items())), requests, sim_mem)

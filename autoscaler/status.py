@@ -32,7 +32,7 @@ class SignalsStatus(_M):
     ready: int
     running: float
     waiting: float
-    kv_cache_usage: float
+    kv_cache_usage: float | None  # None: the engine exports no KV-cache gauge
     ttft_p95_s: float | None
     request_rate: float | None
 
@@ -47,8 +47,19 @@ class ClaimStatus(_M):
     since: float
 
 
+class EngineStatus(_M):
+    name: str  # the preset (sim, vllm, sglang, tgi, llamacpp, command)
+    image: str | None  # docker: the replica image (None: the stack's own)
+    ready_path: str  # the readiness probe: 200 = loaded
+    sleep: bool  # vLLM's sleep-mode endpoints
+    start_timeout_s: float
+    # our signals this engine exports no metric for: no target may use them, and /status shows them null
+    missing_signals: list[str] = []
+
+
 class PoolStatus(_M):
     model: str
+    engine: EngineStatus | None = None
     desired_active: int | None
     desired_warm: int | None
     panic: bool

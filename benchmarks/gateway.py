@@ -51,7 +51,7 @@ def start_replica() -> tuple[subprocess.Popen[bytes], str]:
                              "--load-time", "0", "--max-num-seqs", "256", "--step-base", "0.002",
                              "--step-per-seq", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: httpx.get(f"{url}/ready").status_code == 200, 20, "replica ready")
+    wait_for(lambda: httpx.get(f"{url}/health").status_code == 200, 20, "replica ready")
     return proc, f"127.0.0.1:{port}"
 
 

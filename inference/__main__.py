@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
 from inference.app import create_app
 from inference.engines import PROFILES, SimEngine
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, wrap: Callable[[FastAPI], Any] | None = None) -> None:
+    """wrap: an ASGI wrapper around the app (the chaos suite's poisoned /metrics)."""
     ap = argparse.ArgumentParser(prog="python -m inference", description=__doc__)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
@@ -35,10 +40,18 @@ def main(argv: list[str] | None = None) -> None:
         kv_capacity_tokens=args.kv_capacity,
         wake_s=args.wake_time,
     )
-    app = create_app(SimEngine(profile), args.model,
-                     **({"max_waiting": args.max_waiting} if args.max_waiting else {}))
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=5)
+    engine = SimEngine(profile)
+    app = create_app(engine, args.model, **({"max_waiting": args.max_waiting} if args.max_waiting else {}))
+    asyncio.run(_serve(engine, wrap(app) if wrap else app, args.host, args.port))
+
+
+async def _serve(engine: SimEngine, app: Any, host: str, port: int) -> None:
+    # vLLM's contract: the model loads first, the port is bound after, so that /health answering at all
+    # means loaded (a connection refused means loading). The readiness probe relies on nothing else.
+    await engine.load()
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=5))
+    await server.serve()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The replica's HTTP surface: OpenAI endpoints, health, readiness, metrics."""
+"""The replica's HTTP surface: OpenAI endpoints, health (vLLM's readiness contract), sleep mode, metrics."""
 
 from __future__ import annotations
 
@@ -64,9 +64,12 @@ def create_app(engine: Engine, served_model: str, max_waiting: int = MAX_WAITING
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        loader = asyncio.create_task(engine.load(), name="model-load")
+        # `python -m inference` loads before it binds (vLLM's order); an app served by other means (tests)
+        # loads here, answering 503 until then
+        loader = None if engine.ready else asyncio.create_task(engine.load(), name="model-load")
         yield
-        loader.cancel()
+        if loader is not None:
+            loader.cancel()
 
     app = FastAPI(title="gpufleet replica", lifespan=lifespan)
 
@@ -98,15 +101,14 @@ def create_app(engine: Engine, served_model: str, max_waiting: int = MAX_WAITING
     async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
         return _err(OpenAIError(e.status_code, str(e.detail), code=None), headers=e.headers)  # Allow on 405
 
+    # vLLM's readiness contract, the only one the autoscaler reads: /health 200 once the model is loaded
+    # (and the port is not even bound before, under `python -m inference`). No /ready: no real engine has one.
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/ready")
-    async def ready() -> JSONResponse:
+    async def health() -> JSONResponse:
         if engine.ready:
-            return JSONResponse({"status": "ready", "model": served_model})
-        return JSONResponse({"status": "loading", "model": served_model}, status_code=503)
+            return JSONResponse({"status": "ok"})
+        return JSONResponse(OpenAIError(503, "model is still loading", type_="service_unavailable").body(),
+                            status_code=503)
 
     # vLLM's sleep-mode endpoints (served with --enable-sleep-mode), on the sim engine
     @app.post("/sleep")

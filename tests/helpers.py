@@ -49,6 +49,34 @@ def wait_for(pred: Callable[[], T | None], timeout: float, what: str, interval: 
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc})")
 
 
+LLAMA_SERVER = ROOT / "build" / "llama-server" / "llama-server"
+
+
+def tiny_gguf(path: Path) -> Path:
+    """The tiny random-weight llama model (third_party/llama-server/tiny_gguf.py), written to path once."""
+    if not path.exists():
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("tiny_gguf", ROOT / "third_party/llama-server/tiny_gguf.py")
+        assert spec and spec.loader
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mod.write(path)
+    return path
+
+
+def require_llama_server() -> Path:
+    """llama.cpp's server, built by third_party/llama-server/build.sh (`make llama-server`). In CI a missing one
+    is a failure; elsewhere the tests of the third-party engine are skipped, saying how to get it."""
+    if LLAMA_SERVER.is_file() and os.access(LLAMA_SERVER, os.X_OK):
+        return LLAMA_SERVER
+    msg = f"MISSING {LLAMA_SERVER.relative_to(ROOT)}: build it with `make llama-server` (about 8 minutes, once)"
+    if os.environ.get("GPUFLEET_REQUIRE_INTEGRATION"):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
 def require_host_binaries() -> None:
     """Integration tests need real nginx (+ njs) and Prometheus. In CI a missing one is a failure."""
     missing = [b for b in ("nginx", "prometheus") if shutil.which(b) is None]
@@ -63,14 +91,13 @@ def require_host_binaries() -> None:
 
 
 @contextlib.contextmanager
-def replica_process(*args: str, model: str = "m1", ready: bool = False) -> Iterator[str]:
-    """`python -m inference` on a free port; yields its URL once /health (or /ready) answers."""
+def replica_process(*args: str, model: str = "m1") -> Iterator[str]:
+    """`python -m inference` on a free port; yields its URL once /health answers (the model is loaded)."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "inference", "--port", str(port), "--model", model, *args])
     url = f"http://127.0.0.1:{port}"
     try:
-        path = "/ready" if ready else "/health"
-        wait_for(lambda: httpx.get(f"{url}{path}").status_code == 200, 20, f"replica {path}")
+        wait_for(lambda: httpx.get(f"{url}/health").status_code == 200, 20, "replica /health")
         yield url
     finally:
         proc.terminate()

@@ -40,7 +40,7 @@ RATE = "$__rate_interval"
 # annotation name → (event kinds, colour): every scale event kind is in exactly one
 ANNOTATIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "Scale events": (("start", "activate", "promote", "drain", "demote", "stop", "sleep", "wake"), "blue"),
-    "Panic, reclaim, failures": (("panic", "reclaim", "move", "crash", "start_failed"), "red"),
+    "Panic, reclaim, failures": (("panic", "reclaim", "move", "crash", "start_failed", "start_timeout"), "red"),
 }
 assert sorted(k for kinds, _ in ANNOTATIONS.values() for k in kinds) == sorted(SCALE_EVENTS)
 ANNOTATION_STEP = "5s"
@@ -111,7 +111,8 @@ def fleet() -> dict[str, Any]:
         ts("Offered vs served (requests/s)", "reqps",
            q(f"sum(rate(gpufleet_edge_requests_total[{RATE}]))", "offered at the gateway"),
            q(f'sum(rate(gpufleet_edge_requests_total{{status=~"2.."}}[{RATE}]))', "answered 2xx"),
-           q(f"sum by (pool) (rate(vllm:request_success_total[{RATE}]))", "{{pool}} finished by replicas"),
+           q(f"sum by (pool) (rate(gpufleet:replica_requests_finished_total[{RATE}]))",
+             "{{pool}} finished by replicas"),
            description="Offered: every API request nginx answered, refused ones included."),
         ts("Replicas by role", "short", q("sum by (role) (gpufleet_replicas)", "{{role}}")),
         ts("TTFT SLO attainment (5 m)", "percentunit",
@@ -126,7 +127,7 @@ def fleet() -> dict[str, Any]:
            q('sum by (pool) (gpufleet_desired_replicas{kind="active"})', "{{pool}} desired"),
            q('sum by (pool) (gpufleet_replicas{role="active"})', "{{pool}} active")),
         ts("Waiting and held requests", "short",
-           q("sum by (pool) (vllm:num_requests_waiting)", "{{pool}} waiting in replicas"),
+           q("sum by (pool) (gpufleet:replica_requests_waiting)", "{{pool}} waiting in replicas"),
            q("sum by (pool) (gpufleet_held_requests)", "{{pool}} held by the activator")),
         ts("GPUs by holder role", "short", q("count by (role) (gpufleet_gpu_holder)", "{{role}}")),
         ts("Gateway connections (nginx stub_status)", "short",
@@ -153,24 +154,24 @@ def pool() -> dict[str, Any]:
              "{{pool}} {{direction}} ({{driver}})"),
            description="driver: the signal that set the count, panic, held_requests (scale from zero), or none."),
         ts("TTFT p50 / p95 vs SLO", "s",
-           q(f"histogram_quantile(0.5, sum by (le, pool) (rate(vllm:time_to_first_token_seconds_bucket{{{POOL}}}"
+           q(f"histogram_quantile(0.5, sum by (le, pool) (rate(gpufleet:replica_ttft_seconds_bucket{{{POOL}}}"
              f"[1m])))", "{{pool}} p50"),
-           q(f"histogram_quantile(0.95, sum by (le, pool) (rate(vllm:time_to_first_token_seconds_bucket{{{POOL}}}"
+           q(f"histogram_quantile(0.95, sum by (le, pool) (rate(gpufleet:replica_ttft_seconds_bucket{{{POOL}}}"
              f"[1m])))", "{{pool}} p95"),
            q(f"max by (pool) (gpufleet_pool_slo_ttft_seconds{{{POOL}}})", "{{pool}} SLO")),
         ts("End-to-end p50 / p95", "s",
-           q(f"histogram_quantile(0.5, sum by (le, pool) (rate(vllm:e2e_request_latency_seconds_bucket{{{POOL}}}"
+           q(f"histogram_quantile(0.5, sum by (le, pool) (rate(gpufleet:replica_e2e_seconds_bucket{{{POOL}}}"
              f"[1m])))", "{{pool}} p50"),
-           q(f"histogram_quantile(0.95, sum by (le, pool) (rate(vllm:e2e_request_latency_seconds_bucket{{{POOL}}}"
+           q(f"histogram_quantile(0.95, sum by (le, pool) (rate(gpufleet:replica_e2e_seconds_bucket{{{POOL}}}"
              f"[1m])))", "{{pool}} p95"),
            q(f"histogram_quantile(0.95, sum by (le, pool) (rate(gpufleet_edge_request_duration_seconds_bucket"
              f"{{{POOL}}}[1m])))", "{{pool}} p95 at the gateway")),
         ts("Queue: running, waiting, held", "short",
-           q(f"sum by (pool) (vllm:num_requests_running{{{POOL}}})", "{{pool}} running"),
-           q(f"sum by (pool) (vllm:num_requests_waiting{{{POOL}}})", "{{pool}} waiting"),
+           q(f"sum by (pool) (gpufleet:replica_requests_running{{{POOL}}})", "{{pool}} running"),
+           q(f"sum by (pool) (gpufleet:replica_requests_waiting{{{POOL}}})", "{{pool}} waiting"),
            q(f"sum by (pool) (gpufleet_held_requests{{{POOL}}})", "{{pool}} held")),
         ts("KV cache usage by replica", "percentunit",
-           q(f"vllm:kv_cache_usage_perc{{{POOL}}}", "{{replica}} ({{role}})")),
+           q(f"gpufleet:replica_kv_cache_usage{{{POOL}}}", "{{replica}} ({{role}})")),
         ts("Replicas by role", "short", q(f"sum by (pool, role) (gpufleet_replicas{{{POOL}}})", "{{pool}} {{role}}")),
         ts("Requests at the gateway by status", "reqps",
            q(f"sum by (pool, status) (rate(gpufleet_edge_requests_total{{{POOL}}}[{RATE}]))", "{{pool}} {{status}}")),
@@ -215,7 +216,8 @@ def cost() -> dict[str, Any]:
            q('sum(rate(gpufleet_gpu_seconds_total{role="warm"}[5m])) / sum(rate(gpufleet_gpu_seconds_total[5m]))',
              "warm share (5 m)")),
         ts("GPU-seconds per 1000 requests served", "s",
-           q("1000 * sum(rate(gpufleet_gpu_seconds_total[5m])) / sum(rate(vllm:request_success_total[5m]))",
+           q("1000 * sum(rate(gpufleet_gpu_seconds_total[5m]))"
+             " / sum(rate(gpufleet:replica_requests_finished_total[5m]))",
              "GPU-s / 1k requests (5 m)")),
         ts("Power by pool", "watt",
            q('sum by (pool) (label_replace(DCGM_FI_DEV_POWER_USAGE * on (UUID) group_left (pool) gpufleet_gpu_holder, '

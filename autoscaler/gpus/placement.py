@@ -45,11 +45,27 @@ def choose_gpus(topo: Topology, blocked: Iterable[str], k: int, *, model: str | 
 
 
 class TopologyPlacer:
-    def __init__(self, topo: Topology, nvml: Any | None = None, host_cpus: set[int] | None = None) -> None:
+    def __init__(self, topo: Topology, nvml: Any | None = None, host_cpus: set[int] | None = None,
+                 agent: Any | None = None, note: str = "") -> None:
         self.topo = topo
-        self.nvml = nvml
+        self.nvml = nvml  # the pynvml module, where this process sees the GPUs
+        self.agent = agent  # autoscaler.gpus.nvml_agent.NvmlAgent: NVML through the compose stack's helper
+        self.note = note  # why the GPUs are what they are (e.g. no NVIDIA runtime: virtual slots)
         self.host_cpus = host_cpus if host_cpus is not None else set(os.sched_getaffinity(0))
         self.cordoned: dict[str, str] = {topo.gpus[i].id: why for i, why in topo.cordon_reasons.items()}
+
+    @property
+    def reads_gpus(self) -> bool:
+        """Real GPUs whose readings NVML gives (here or through the helper)."""
+        return self.nvml is not None or self.agent is not None
+
+    def readings(self) -> list[Any]:
+        """DCGM-named readings of every GPU (blocking: call it in a thread)."""
+        if self.agent is not None:
+            return list(self.agent.readings())
+        from autoscaler.gpus.telemetry import read_nvml
+
+        return read_nvml(self.nvml, self.topo)
 
     @property
     def virtual(self) -> bool:
@@ -67,11 +83,14 @@ class TopologyPlacer:
 
     def failing(self) -> dict[str, str]:
         """GPUs whose NVML calls now fail and are not cordoned yet. Only reads: safe in a thread."""
-        if self.nvml is None:
+        if self.agent is not None:
+            found = self.agent.failing()
+        elif self.nvml is None:
             return {}
-        from autoscaler.gpus.nvml import failing_gpus
+        else:
+            from autoscaler.gpus.nvml import failing_gpus
 
-        found = {self.topo.gpus[i].id: why for i, why in failing_gpus(self.nvml, self.topo).items()}
+            found = {self.topo.gpus[i].id: why for i, why in failing_gpus(self.nvml, self.topo).items()}
         return {gid: why for gid, why in found.items() if gid not in self.cordoned}
 
     def health_check(self) -> dict[str, str]:

@@ -5,6 +5,7 @@ them again; nothing here is only in memory."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -22,6 +23,9 @@ def fill_argv(argv: tuple[str, ...], **values: object) -> list[str]:
             for a in argv]
 
 
+SECRETS_PLACEHOLDER = "{secrets}"
+
+
 @dataclass(frozen=True)
 class ReplicaSpec:
     pool: str
@@ -29,11 +33,26 @@ class ReplicaSpec:
     argv: tuple[str, ...]  # with {model}, {port}, {host}, {replica_id} for the runtime to fill (fill_argv)
     config_hash: str
     target_role: Role  # what it becomes once ready: active or warm
-    gpus: tuple[str, ...] = ()
+    gpus: tuple[str, ...] = ()  # in placement order: CUDA numbers them so
     cpus: tuple[int, ...] = ()  # NUMA-local cores for the GPUs, empty = no pinning
     image: str | None = None
     memory_limit: str | None = None  # docker runtime: the container's memory limit ("32g")
     pids_limit: int | None = None
+    # the engine's environment; "{secrets}" in a value is the folder where the runtime put secret_files
+    env: Mapping[str, str] = field(default_factory=dict)
+    secret_files: Mapping[str, str] = field(default_factory=dict)  # name -> a file the autoscaler reads
+    volumes: Mapping[str, str] = field(default_factory=dict)  # docker: the stack's named volume -> path
+    shm_size: str | None = None  # docker: /dev/shm
+    ipc: str | None = None  # docker: private | shareable
+    stop_signal: str = "SIGTERM"
+    stop_grace_s: float = 10.0  # the stop signal, then this long, then SIGKILL
+    user: str | None = None  # docker: None = the image's user
+    read_only_root: bool = True  # docker
+
+
+def replica_env(spec: ReplicaSpec, secrets_dir: str) -> dict[str, str]:
+    """The engine's environment with "{secrets}" made the folder the runtime put the secret files in."""
+    return {k: v.replace(SECRETS_PLACEHOLDER, secrets_dir) for k, v in spec.env.items()}
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,16 @@ import shutil
 import subprocess
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
+from autoscaler.engines import NOBODY
 from autoscaler.gateway.nginx import PROBE_HEADERS
-from autoscaler.runtime.base import Replica, ReplicaSpec, Role, fill_argv
+from autoscaler.runtime.base import Replica, ReplicaSpec, Role, fill_argv, replica_env
 
 L = "io.gpufleet."
 REPLICA_PORT = 8000
-REPLICA_USER = "65534:65534"  # nobody: a replica needs no account of its own
+REPLICA_USER = NOBODY  # the stack's image runs sim replicas as nobody: they need no account of their own
 
 
 def container_name(project: str, pool: str, rid: str, role: Role, target: Role, claimed_for: str | None = None) -> str:
@@ -70,17 +72,103 @@ def parse_role(name: str) -> tuple[Role, Role] | None:
     return None
 
 
+SECRETS_MOUNT = "/run/gpufleet-secrets"  # where replicas see the secrets volume (read-only)
+
+
+def create_kwargs(spec: ReplicaSpec, rid: str, *, project: str, network: str, default_image: str,
+                  gpus_visible: bool, env: dict[str, str] | None = None,
+                  secrets_volume: str | None = None) -> dict[str, Any]:
+    """The Docker SDK's containers.create() arguments for one replica: exactly what gpufleet asks the engine
+    for (the Docker API proxy admits this shape and nothing wider). Pure."""
+    from docker.types import DeviceRequest, Mount
+
+    labels = {
+        f"{L}owner": project,
+        f"{L}replica": rid,
+        f"{L}pool": spec.pool,
+        f"{L}model": spec.model,
+        f"{L}gpus": ",".join(spec.gpus),
+        f"{L}config-hash": spec.config_hash,
+        f"{L}created-at": f"{time.time():.3f}",
+        # the engine's grace between its stop signal and SIGKILL (the SDK's create takes no StopTimeout)
+        f"{L}stop-grace": str(max(1, round(spec.stop_grace_s))),
+        # listed by `docker compose ps`, owned by no declared service
+        "com.docker.compose.project": project,
+        "com.docker.compose.service": f"replica-{spec.pool}",
+        "com.docker.compose.oneoff": "False",
+        # compose lists only containers that carry a config hash
+        "com.docker.compose.config-hash": spec.config_hash,
+    }
+    argv = fill_argv(spec.argv, model=spec.model, port=REPLICA_PORT, host="0.0.0.0", replica_id=rid)
+    if argv and "python" in argv[0].rsplit("/", 1)[-1] and spec.image is None:
+        argv[0] = "python"  # the stack image's interpreter, not the path the autoscaler runs from
+    secrets_dir = f"{SECRETS_MOUNT}/{spec.pool}"
+    environment = {**(env or {}), **replica_env(spec, secrets_dir), "GPUFLEET_REPLICA_ID": rid}
+    if spec.user == REPLICA_USER:
+        environment.setdefault("HOME", "/tmp")  # nobody has no home, and engines keep caches there
+    kwargs: dict[str, Any] = {}
+    real = [g for g in spec.gpus if not g.startswith("vslot")]
+    if real and gpus_visible:
+        # exactly these GPUs, and only the "gpu" capability (compute + utility); CUDA numbers them in the
+        # placement's order (a tensor-parallel rank 0 on the first), not the bus order
+        kwargs["device_requests"] = [DeviceRequest(driver="nvidia", device_ids=list(real), capabilities=[["gpu"]])]
+        environment["CUDA_VISIBLE_DEVICES"] = ",".join(real)
+    # the stack's own named volumes (compose names them <project>_<name>); the proxy admits no other
+    mounts = [Mount(target=path, source=f"{project}_{vol}", type="volume")
+              for vol, path in sorted(spec.volumes.items())]
+    if spec.secret_files and secrets_volume:
+        mounts.append(Mount(target=SECRETS_MOUNT, source=secrets_volume, type="volume", read_only=True))
+    if mounts:
+        kwargs["mounts"] = mounts
+    if spec.cpus:
+        kwargs["cpuset_cpus"] = ",".join(str(c) for c in spec.cpus)
+    if spec.memory_limit:
+        kwargs["mem_limit"] = spec.memory_limit
+    if spec.pids_limit:
+        kwargs["pids_limit"] = spec.pids_limit
+    if spec.shm_size:
+        kwargs["shm_size"] = spec.shm_size
+    if spec.ipc:
+        kwargs["ipc_mode"] = spec.ipc
+    if spec.user:
+        kwargs["user"] = spec.user
+    return dict(
+        image=spec.image or default_image,
+        # the whole argv: the image's ENTRYPOINT is replaced, never prepended (vLLM's changed between releases)
+        entrypoint=argv[:1],
+        command=argv[1:],
+        name=container_name(project, spec.pool, rid, "starting", spec.target_role),
+        labels=labels,
+        environment=environment,
+        network=network,
+        detach=True,
+        restart_policy={"Name": "no"},
+        stop_signal=spec.stop_signal,
+        # least privilege: no capabilities, nothing gained by exec'ing setuid binaries, a root file system it
+        # cannot change where the engine allows (/tmp, Docker's /dev/shm and the volumes are where it writes)
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges:true"],
+        read_only=spec.read_only_root,
+        tmpfs={"/tmp": "rw,nosuid,nodev,size=1g"},
+        **kwargs,
+    )
+
+
 class DockerRuntime:
     name = "docker"
 
     def __init__(self, client: Any, project: str, network: str, image: str, gpus_visible: bool = False,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, secrets_dir: Path | None = None,
+                 secrets_volume: str | None = None) -> None:
         self.client = client
         self.project = project
         self.network = network
         self.image = image
         self.gpus_visible = gpus_visible  # NVIDIA runtime present: pin by DeviceRequest
         self.env = env or {}
+        # the replicas' secrets volume: where the autoscaler writes pools' secret files, and its Docker name
+        self.secrets_dir = secrets_dir
+        self.secrets_volume = secrets_volume
         # When each replica got its role. Not in Docker (labels are immutable): a restarted
         # autoscaler starts the clock at adoption, so a drain in progress waits its settle time again.
         self._since: dict[str, float] = {}
@@ -134,60 +222,46 @@ class DockerRuntime:
         return found[0]
 
     def create(self, spec: ReplicaSpec) -> Replica:
-        from docker.types import DeviceRequest
-
-        rid = f"r-{spec.pool}-{uuid.uuid4().hex[:8]}"
-        labels = {
-            f"{L}owner": self.project,
-            f"{L}replica": rid,
-            f"{L}pool": spec.pool,
-            f"{L}model": spec.model,
-            f"{L}gpus": ",".join(spec.gpus),
-            f"{L}config-hash": spec.config_hash,
-            f"{L}created-at": f"{time.time():.3f}",
-            # listed by `docker compose ps`, owned by no declared service
-            "com.docker.compose.project": self.project,
-            "com.docker.compose.service": f"replica-{spec.pool}",
-            "com.docker.compose.oneoff": "False",
-            # compose lists only containers that carry a config hash
-            "com.docker.compose.config-hash": spec.config_hash,
-        }
-        argv = fill_argv(spec.argv, model=spec.model, port=REPLICA_PORT, host="0.0.0.0", replica_id=rid)
-        if argv and "python" in argv[0].rsplit("/", 1)[-1]:
-            argv[0] = "python"  # the image's interpreter, not the path the autoscaler runs from
-        kwargs: dict[str, Any] = {}
-        if spec.gpus and self.gpus_visible and not any(g.startswith("vslot") for g in spec.gpus):
-            kwargs["device_requests"] = [DeviceRequest(device_ids=list(spec.gpus), capabilities=[["gpu"]])]
-        if spec.cpus:
-            kwargs["cpuset_cpus"] = ",".join(str(c) for c in spec.cpus)
-        if spec.memory_limit:
-            kwargs["mem_limit"] = spec.memory_limit
-        if spec.pids_limit:
-            kwargs["pids_limit"] = spec.pids_limit
-        c = self.client.containers.create(
-            spec.image or self.image,
-            command=argv,
-            name=container_name(self.project, spec.pool, rid, "starting", spec.target_role),
-            labels=labels,
-            # HOME: nobody has none, and engines keep caches there (a read-only root otherwise)
-            environment={"HOME": "/tmp", **self.env, "GPUFLEET_REPLICA_ID": rid},
-            network=self.network,
-            detach=True,
-            restart_policy={"Name": "no"},
-            # least privilege: nobody, no capabilities, nothing gained by exec'ing setuid binaries, a root
-            # file system it cannot change; /tmp (and /dev/shm, Docker's own) are where it may write
-            user=REPLICA_USER,
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges:true"],
-            read_only=True,
-            tmpfs={"/tmp": "rw,nosuid,nodev,size=1g"},
-            **kwargs,
-        )
-        c.start()
+        c = self.create_container(spec)
+        try:
+            c.start()
+        except Exception:
+            # a start the engine refused (an image it cannot run, a GPU driver it lacks): no stopped
+            # container left holding the GPUs' label for the next tick to count
+            with contextlib.suppress(Exception):
+                c.remove(force=True)
+            raise
         c.reload()
         r = self._to_replica(c)
         assert r is not None
         return r
+
+    def create_container(self, spec: ReplicaSpec) -> Any:
+        """The container, created and not started: what the Docker API proxy is asked to admit."""
+        rid = f"r-{spec.pool}-{uuid.uuid4().hex[:8]}"
+        if spec.secret_files:
+            self.write_secrets(spec)
+        return self.client.containers.create(**create_kwargs(
+            spec, rid, project=self.project, network=self.network, default_image=self.image,
+            gpus_visible=self.gpus_visible, env=self.env, secrets_volume=self.secrets_volume))
+
+    def write_secrets(self, spec: ReplicaSpec) -> None:
+        """The pool's secret files into the volume its replicas mount read-only (the files, not env vars:
+        `docker inspect` shows a container's environment to anyone who may inspect it)."""
+        if self.secrets_dir is None:
+            raise RuntimeError(f"pool {spec.pool} has secret_files but the autoscaler has no secrets volume "
+                               "(GPUFLEET_REPLICA_SECRETS_DIR)")
+        d = self.secrets_dir / spec.pool
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o755)
+        for name, src in spec.secret_files.items():
+            data = Path(src).read_bytes()
+            tmp = d / f".{name}.tmp"
+            tmp.write_bytes(data)
+            # readable by the engine's user (root without capabilities reads no file it does not own
+            # unless others may); only replicas and the autoscaler mount this volume
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, d / name)
 
     def set_role(self, replica_id: str, role: Role, target_role: Role | None = None,
                  claimed_for: str | None = None) -> None:
@@ -199,7 +273,8 @@ class DockerRuntime:
         c.rename(container_name(self.project, "", replica_id, role, target, claimed_for))
         self._since[f"{replica_id}:{role}"] = time.time()
 
-    def remove(self, replica_id: str, grace_s: float = 10.0) -> None:
+    def remove(self, replica_id: str, grace_s: float | None = None) -> None:
+        """Stop (the engine's stop signal, then its grace from the label set at create, or grace_s) and remove."""
         import docker.errors
 
         try:
@@ -211,6 +286,11 @@ class DockerRuntime:
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 c.rename(f"{self.project}-{replica_id}--{STOPPING}")
         # Another remover (shutdown racing a scale-down) may get there first: gone is gone.
+        if grace_s is None:
+            try:
+                grace_s = float(c.labels.get(f"{L}stop-grace", "10"))
+            except ValueError:
+                grace_s = 10.0
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             c.stop(timeout=int(grace_s))
         with contextlib.suppress(docker.errors.NotFound):
@@ -237,8 +317,10 @@ class DockerNginx:
         self.service = service
 
     def _container(self) -> Any:
-        found = self.client.containers.list(filters={"label": [f"com.docker.compose.project={self.project}",
-                                                                f"com.docker.compose.service={self.service}"]})
+        # sparse: the SDK would otherwise inspect it, and the proxy lets the autoscaler signal the gateway, not
+        # read its configuration
+        found = self.client.containers.list(sparse=True, filters={"label": [
+            f"com.docker.compose.project={self.project}", f"com.docker.compose.service={self.service}"]})
         if not found:
             raise RuntimeError(f"no running {self.service} container in compose project {self.project}")
         return found[0]

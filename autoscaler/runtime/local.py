@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from autoscaler.procs import pid_alive
-from autoscaler.runtime.base import Replica, ReplicaSpec, Role, fill_argv
+from autoscaler.runtime.base import Replica, ReplicaSpec, Role, fill_argv, replica_env
 
 
 def _free_port(host: str) -> int:
@@ -110,7 +110,7 @@ class LocalRuntime:
         }
         self._write(rid, data)  # state first: a crash from here on leaves a record to clean up
         argv = fill_argv(spec.argv, model=spec.model, port=port, host=self.host, replica_id=rid)
-        env = dict(os.environ, GPUFLEET_REPLICA_ID=rid)
+        env = dict(os.environ, **replica_env(spec, self.secrets_dir(spec)), GPUFLEET_REPLICA_ID=rid)
         visible = cuda_visible_devices(spec.gpus)
         if visible is not None:
             env["CUDA_VISIBLE_DEVICES"] = visible
@@ -127,6 +127,21 @@ class LocalRuntime:
         self._write(rid, data)
         return self._to_replica(data)
 
+    def secrets_dir(self, spec: ReplicaSpec) -> str:
+        """On this host the engine reads the secret files where the autoscaler does: a folder of links to them
+        per pool, so that "{secrets}/<name>" means the same as in Docker."""
+        d = self.state_dir / "secrets" / spec.pool
+        if spec.secret_files:
+            d.mkdir(parents=True, exist_ok=True)
+            for name, path in spec.secret_files.items():
+                link = d / name
+                if not (link.is_symlink() and os.readlink(link) == path):
+                    tmp = d / f".{name}.tmp"
+                    tmp.unlink(missing_ok=True)
+                    tmp.symlink_to(path)
+                    os.replace(tmp, link)
+        return str(d)
+
     def set_role(self, replica_id: str, role: Role, target_role: Role | None = None,
                  claimed_for: str | None = None) -> None:
         d = self._read(replica_id)
@@ -137,11 +152,16 @@ class LocalRuntime:
             d["target_role"] = target_role
         self._write(replica_id, d)
 
-    def remove(self, replica_id: str, grace_s: float = 5.0) -> None:
+    def remove(self, replica_id: str, grace_s: float | None = None) -> None:
+        """The engine's stop signal, its grace period (the spec's, default 5 s here), then SIGKILL."""
         try:
             d = self._read(replica_id)
         except FileNotFoundError:
             return
+        spec = d.get("spec") if isinstance(d.get("spec"), dict) else {}
+        sig = getattr(signal, str(spec.get("stop_signal") or "SIGTERM"), signal.SIGTERM)
+        if grace_s is None:
+            grace_s = float(spec.get("stop_grace_s") or 5.0)
         if not d.get("stopping"):
             d["stopping"] = True
             self._write(replica_id, d)  # before the first signal: a restarted autoscaler finishes the job
@@ -149,7 +169,7 @@ class LocalRuntime:
         child = self._children.pop(replica_id, None)
         if isinstance(pid, int) and (child is not None or _pid_running(pid, replica_id)):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGTERM)
+                os.killpg(pid, sig)
             deadline = time.monotonic() + grace_s
             while time.monotonic() < deadline:
                 if child is not None and child.poll() is not None:

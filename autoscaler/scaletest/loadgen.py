@@ -64,6 +64,12 @@ def _prompt(n_tokens: int, i: int) -> str:
 _NOT_SENT = (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError)
 
 
+def _complete(finish: str | None, tokens: int, max_tokens: int) -> bool:
+    """An answer the server finished: every token asked for, or a stop the model chose (a real model may end
+    early on its end-of-sequence token; the sim engine never does)."""
+    return (finish == "length" and tokens == max_tokens) or (finish == "stop" and 0 < tokens <= max_tokens)
+
+
 async def one_request(client: httpx.AsyncClient, url: str, model: str, a: Arrival, i: int,
                       retries: int = 2) -> Result:
     for attempt in range(retries + 1):
@@ -78,8 +84,12 @@ async def _attempt(client: httpx.AsyncClient, url: str, model: str, a: Arrival, 
     sent = time.time()
     t0 = time.monotonic()
     res = Result(at=a.at, sent=sent, stream=a.stream)
-    body = {"model": model, "messages": [{"role": "user", "content": _prompt(a.prompt_tokens, i)}],
-            "max_tokens": a.max_tokens, "stream": a.stream}
+    body: dict[str, object] = {"model": model, "messages": [{"role": "user", "content": _prompt(a.prompt_tokens, i)}],
+                               "max_tokens": a.max_tokens, "stream": a.stream}
+    if a.stream:
+        # the server's own count of what it generated: a chunk is not a token (llama.cpp merges the byte tokens
+        # of one character into one chunk)
+        body["stream_options"] = {"include_usage": True}
     try:
         async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
             res.status = r.status_code
@@ -95,12 +105,16 @@ async def _attempt(client: httpx.AsyncClient, url: str, model: str, a: Arrival, 
                 res.e2e = time.monotonic() - t0
                 data = json.loads(raw)
                 res.tokens = int(data["usage"]["completion_tokens"])
-                res.ok = res.tokens == a.max_tokens
+                finish = data["choices"][0].get("finish_reason")
+                res.ok = _complete(finish, res.tokens, a.max_tokens)
                 if not res.ok:
-                    res.error = f"short completion: {res.tokens}/{a.max_tokens} tokens"
+                    res.error = f"short completion: {res.tokens}/{a.max_tokens} tokens, finish_reason {finish}"
                 return res
             done = False
             last = None
+            finish = None
+            usage_tokens: int | None = None
+            chunks = 0
             async for line in r.aiter_lines():
                 res.bytes += len(line) + 1
                 if not line.startswith("data: "):
@@ -110,6 +124,10 @@ async def _attempt(client: httpx.AsyncClient, url: str, model: str, a: Arrival, 
                     done = True
                     break
                 chunk = json.loads(payload)
+                if chunk.get("usage"):
+                    usage_tokens = int(chunk["usage"]["completion_tokens"])
+                if chunk.get("choices"):
+                    finish = chunk["choices"][0].get("finish_reason") or finish
                 if chunk.get("choices") and chunk["choices"][0].get("delta", {}).get("content"):
                     now = time.monotonic()
                     if res.ttft is None:
@@ -118,11 +136,12 @@ async def _attempt(client: httpx.AsyncClient, url: str, model: str, a: Arrival, 
                     else:
                         res.gaps.append(now - last)  # type: ignore[operator]
                     last = now
-                    res.tokens += 1
+                    chunks += 1
             res.e2e = time.monotonic() - t0
-            res.ok = done and res.tokens == a.max_tokens
+            res.tokens = usage_tokens if usage_tokens is not None else chunks
+            res.ok = done and _complete(finish, res.tokens, a.max_tokens)
             if not res.ok:
-                res.error = f"stream cut: done={done} tokens={res.tokens}/{a.max_tokens}"
+                res.error = f"stream cut: done={done} finish_reason={finish} tokens={res.tokens}/{a.max_tokens}"
     except (httpx.HTTPError, json.JSONDecodeError, KeyError) as e:
         res.exc = e
         res.error = f"{type(e).__name__}: {e}"

@@ -4,7 +4,7 @@
 #   gpufleet/app:latest       Python from Debian, dependencies from a host-built wheelhouse
 #   gpufleet/nginx:latest     Debian nginx + njs
 #   gpufleet/prometheus:latest Debian prometheus
-#   gpufleet/docker-proxy:latest Debian HAProxy (the Docker API allow-list)
+#   gpufleet/llamacpp:latest  llama.cpp's server (built on the host, cached) + the tiny test model
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0}
@@ -16,5 +16,8 @@ echo "wheelhouse (on the host: PyPI is not reachable from inside a build)"
 docker build -q -t gpufleet/app:latest -f docker/offline/app.Dockerfile .
 docker build -q -t gpufleet/nginx:latest -f docker/offline/nginx.Dockerfile .
 docker build -q -t gpufleet/prometheus:latest -f docker/offline/prometheus.Dockerfile .
-docker build -q -t gpufleet/docker-proxy:latest -f docker/offline/docker-proxy.Dockerfile .
+# the third-party engine: llama-server built once on the host (about 8 minutes, then cached), a tiny model
+PYTHON="$py" third_party/llama-server/build.sh
+"$py" third_party/llama-server/tiny_gguf.py build/models/tiny-llama.gguf >/dev/null
+docker build -q -t gpufleet/llamacpp:latest -f docker/offline/llamacpp.Dockerfile .
 docker image ls --filter reference='gpufleet/*'

@@ -19,7 +19,7 @@ class SimProfile:
     step_base_s: float  # one decode step at batch size 1
     step_per_seq_s: float  # extra step time per running sequence
     prefill_per_token_s: float  # prefill cost, added to the step that admits the prompt
-    load_time_s: float  # model load (cold start) before /ready turns 200
+    load_time_s: float  # model load (cold start): the port is bound, and /health answers, after it
     max_model_len: int = 8192
     # Lifecycle around the engine, for `gpufleet simulate` (the engine itself does not use them):
     startup_s: float = 0.0  # process/container start until the load begins

@@ -14,7 +14,6 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import uvicorn
 from fastapi import Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
@@ -61,10 +60,4 @@ def poisoned(app):  # noqa: ANN001, ANN201
 
 
 if __name__ == "__main__":
-    real_run = uvicorn.run
-
-    def run(app, **kw):  # noqa: ANN001, ANN003, ANN202
-        return real_run(poisoned(app), **kw)
-
-    uvicorn.run = run  # type: ignore[assignment]
-    replica_main(sys.argv[1:])
+    replica_main(sys.argv[1:], wrap=poisoned)

@@ -22,7 +22,7 @@ from tests.helpers import ROOT, free_port, wait_for
 
 PROJECT = "gpufleet-e2e"
 IMAGES = ("gpufleet/app:latest", "gpufleet/nginx:latest", "gpufleet/prometheus:latest",
-          "gpufleet/docker-proxy:latest")
+          "gpufleet/llamacpp:latest")
 _SKIPPED: list[str] = []
 
 
@@ -42,6 +42,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     e2e = [i for i in items if "tests/e2e/" in str(i.fspath)]
     if not e2e:
         return
+    # the one test that takes the shared stack down runs after every other, whichever file it is in
+    last = [i for i in items if i.name == "test_compose_down_leaves_no_container"]
+    items[:] = [i for i in items if i not in last] + last
     problem = docker_problem()
     if problem is None:
         return
@@ -77,6 +80,19 @@ class ComposeStack:
                 "behavior": {"scale_down": {"stabilization_s": 10,
                                             "policies": [{"type": "replicas", "value": 4, "period_s": 5}]}},
                 "drain_timeout_s": 30,
+            }, {
+                # a real third-party engine: llama.cpp's server and a tiny random-weight model (gpufleet/llamacpp)
+                "name": "llama", "model": "tiny-llama", "engine": "llamacpp", "image": "gpufleet/llamacpp:latest",
+                "model_path": "/models/tiny-llama.gguf", "args": ["--parallel", "2", "--threads", "1"],
+                "gpus_per_replica": 0, "min_replicas": 1, "max_replicas": 2, "warm_pool": {"min": 1, "max": 1},
+                "targets": {"concurrency": 2},
+                "behavior": {"scale_down": {"stabilization_s": 10,
+                                            "policies": [{"type": "replicas", "value": 2, "period_s": 5}]}},
+                "drain_timeout_s": 30,
+            }, {
+                # at zero unless asked for: its replicas would hold 2 GPUs, the widest request the proxy admits
+                "name": "tp2", "model": "tp2-chat", "engine": "sim", "gpus_per_replica": 2, "min_replicas": 0,
+                "max_replicas": 1, "warm_pool": {"min": 0, "max": 0},
             }],
         }))
         self.env = {**os.environ, "COMPOSE_PROJECT_NAME": PROJECT, "GPUFLEET_GATEWAY_PORT": str(self.gw_port),
@@ -121,8 +137,9 @@ class ComposeStack:
 
         return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
 
-    def replicas(self) -> list[dict[str, str]]:
-        return self.containers(f"io.gpufleet.owner={PROJECT}")
+    def replicas(self, pool: str = "chat") -> list[dict[str, str]]:
+        """The replica containers of one pool (the stack runs several)."""
+        return self.containers(f"io.gpufleet.owner={PROJECT}", f"io.gpufleet.pool={pool}")
 
     def status(self) -> dict:
         return httpx.get(f"{self.admin}/status", headers=self.admin_headers, timeout=5).raise_for_status().json()

@@ -102,7 +102,9 @@ def test_every_container_runs_with_least_privilege(compose_stack):
 
 
 def test_replicas_are_reachable_from_the_stack_only(compose_stack):
-    rep = compose_stack.status()["pools"]["chat"]["replicas"][0]
+    # a ready one: a loading replica binds no port yet (vLLM's contract, which the sim engine keeps)
+    rep = wait_for(lambda: next((r for r in compose_stack.status()["pools"]["chat"]["replicas"] if r["ready"]), None),
+                   60, "a ready replica")
     probe = f"import httpx; print(httpx.get('{rep['url']}/health', timeout=3).status_code)"
     assert _inside(compose_stack, "python", "-c", probe).strip() == "200"
     # a container on the clients' side (the edge network) cannot reach it

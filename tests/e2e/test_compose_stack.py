@@ -37,7 +37,7 @@ def _assert_no_failures(results: list[Result]) -> None:
 def test_openai_client_through_the_compose_gateway(compose_stack):
     # the key the stack made on first start, read where a user would: `docker compose exec autoscaler cat ...`
     c = openai.OpenAI(base_url=f"{compose_stack.url}/v1", api_key=compose_stack.api_key, max_retries=0)
-    assert sorted(m.id for m in c.models.list().data) == ["tiny-alias", "tiny-chat"]
+    assert sorted(m.id for m in c.models.list().data) == ["tiny-alias", "tiny-chat", "tiny-llama", "tp2-chat"]
     r = c.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
     assert r.usage.completion_tokens == 5
     # an alias: the Docker gateway rewrites the body (proxy_set_body) and says so

@@ -33,7 +33,7 @@ schema = schemathesis.openapi.from_dict(create_app(SimEngine(PROFILES["tiny"]), 
 
 @pytest.fixture(scope="module")
 def replica_url() -> Iterator[str]:
-    with replica_process(*FAST, model=MODEL, ready=True) as url:
+    with replica_process(*FAST, model=MODEL) as url:
         yield url
 
 

@@ -14,8 +14,7 @@ import httpx
 import openai
 
 from autoscaler.config import load_config
-from autoscaler.reconcile import replica_argv
-from autoscaler.runtime.base import ReplicaSpec
+from autoscaler.reconcile import replica_spec
 from autoscaler.runtime.local import LocalRuntime
 from tests.helpers import Clients, LocalStack, sim_pool, wait_for
 
@@ -100,8 +99,7 @@ def test_a_replica_in_the_only_nvlink_pair_moves_so_a_2_gpu_replica_fits(local_s
     cfg = load_config(stack.config_path)
     p = cfg.pool("small")
     rt = LocalRuntime(stack.run_dir / "replicas")
-    left = rt.create(ReplicaSpec(pool="small", model=p.model, argv=replica_argv(p), config_hash=p.config_hash(),
-                                 target_role="active", gpus=("GPU0",)))
+    left = rt.create(replica_spec(p, "active", ("GPU0",)))
     stack.start(active=0)
     wait_for(lambda: stack.replicas("small", role="active", ready=True) and stack.gateway_serves(), 45,
              "the adopted replica serving")

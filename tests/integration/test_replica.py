@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -12,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from autoscaler.signals import parse_metrics
-from tests.helpers import replica_process, wait_for
+from tests.helpers import free_port, replica_process, wait_for
 
 
 @pytest.fixture
@@ -22,17 +24,42 @@ def replica() -> Iterator[str]:
         yield url
 
 
-def test_ready_only_after_load_and_health_before(replica):
-    assert httpx.get(f"{replica}/health").status_code == 200
-    r = httpx.get(f"{replica}/ready")
-    assert r.status_code == 503, "a loading replica must not report ready"
-    r = httpx.post(f"{replica}/v1/completions", json={"model": "m1", "prompt": "x"})
-    assert r.status_code == 503 and r.json()["error"]["type"] == "service_unavailable"
-    wait_for(lambda: httpx.get(f"{replica}/ready").status_code == 200, 10, "ready after load")
+def test_vllms_readiness_contract_no_ready_and_health_only_once_loaded():
+    """As vLLM: the port is bound only after the model loaded, so /health answering 200 means loaded; there
+    is no /ready (no real engine serves one, and the autoscaler asks none)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "inference", "--port", str(port), "--model", "m1",
+                             "--load-time", "2"])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(httpx.ConnectError):  # loading: nothing listens yet
+            httpx.get(f"{url}/health", timeout=1)
+        wait_for(lambda: httpx.get(f"{url}/health").status_code == 200, 20, "/health once loaded")
+        assert time.monotonic() - t0 >= 1.5, "answered before the model had loaded"
+        assert httpx.get(f"{url}/ready").status_code == 404
+        r = httpx.post(f"{url}/v1/completions", json={"model": "m1", "prompt": "x", "max_tokens": 2})
+        assert r.status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_an_app_not_loaded_yet_answers_503_on_health_and_completions():
+    from fastapi.testclient import TestClient
+
+    from inference.app import create_app
+    from inference.engines import PROFILES, SimEngine
+
+    engine = SimEngine(PROFILES["tiny"].with_overrides(load_time_s=30))
+    with TestClient(create_app(engine, "m1")) as c:
+        assert c.get("/health").status_code == 503
+        r = c.post("/v1/completions", json={"model": "m1", "prompt": "x"})
+        assert r.status_code == 503 and r.json()["error"]["type"] == "service_unavailable"
 
 
 def test_openai_client_chat_completions_streaming_and_not(replica):
-    wait_for(lambda: httpx.get(f"{replica}/ready").status_code == 200, 10, "ready")
+    wait_for(lambda: httpx.get(f"{replica}/health").status_code == 200, 10, "ready")
     c = openai.OpenAI(base_url=f"{replica}/v1", api_key="x", max_retries=0)
     assert [m.id for m in c.models.list().data] == ["m1"]
     r = c.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hello"}], max_tokens=5)
@@ -80,7 +107,7 @@ def test_openai_client_chat_completions_streaming_and_not(replica):
     ],
 )
 def test_bad_input_gets_openai_error_never_500(replica, body, status, param):
-    wait_for(lambda: httpx.get(f"{replica}/ready").status_code == 200, 10, "ready")
+    wait_for(lambda: httpx.get(f"{replica}/health").status_code == 200, 10, "ready")
     r = httpx.post(f"{replica}/v1/chat/completions", content=body,
                    headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
@@ -100,7 +127,7 @@ def test_wrong_method_is_an_openai_405_with_allow(replica):
 
 def test_a_client_that_hangs_up_frees_its_slot_and_is_no_load(replica):
     """Non-streamed: the generation stops when the client goes, instead of running to max_tokens."""
-    wait_for(lambda: httpx.get(f"{replica}/ready").status_code == 200, 10, "ready")
+    wait_for(lambda: httpx.get(f"{replica}/health").status_code == 200, 10, "ready")
     body = {"model": "m1", "prompt": "x", "max_tokens": 400}  # 400 steps of 50 ms: 20 s if not aborted
 
     def load() -> float:
@@ -117,8 +144,7 @@ def test_a_client_that_hangs_up_frees_its_slot_and_is_no_load(replica):
 
 
 def test_a_full_wait_queue_answers_429_with_retry_after():
-    with replica_process("--load-time", "0", "--max-num-seqs", "1", "--step-base", "0.05", "--max-waiting", "2",
-                         ready=True) as url:
+    with replica_process("--load-time", "0", "--max-num-seqs", "1", "--step-base", "0.05", "--max-waiting", "2") as url:
 
         async def go() -> list[httpx.Response]:
             async with httpx.AsyncClient(timeout=30) as c:
@@ -135,7 +161,7 @@ def test_a_full_wait_queue_answers_429_with_retry_after():
 
 
 def test_continuous_batching_queues_beyond_slots_and_metrics_show_it(replica):
-    wait_for(lambda: httpx.get(f"{replica}/ready").status_code == 200, 10, "ready")
+    wait_for(lambda: httpx.get(f"{replica}/health").status_code == 200, 10, "ready")
 
     async def go() -> list[float]:
         async with httpx.AsyncClient(timeout=30) as c:
@@ -168,7 +194,7 @@ def test_continuous_batching_queues_beyond_slots_and_metrics_show_it(replica):
 
 
 def test_sleep_mode_endpoints_like_vllm():
-    with replica_process("--load-time", "0.2", "--wake-time", "0.8", ready=True) as url:
+    with replica_process("--load-time", "0.2", "--wake-time", "0.8") as url:
         body = {"model": "m1", "prompt": "x", "max_tokens": 2}
         assert httpx.get(f"{url}/is_sleeping").json() == {"is_sleeping": False}
 

@@ -55,9 +55,13 @@ def test_the_first_request_as_soon_as_the_gateway_listens_is_served(tmp_path):
 
         wait_for(listening, 30, "the gateway listening", interval=0.02)
         t0 = time.monotonic()
-        ok, err = ask(stack.url, 0, stream=False)
-        assert ok, err
+        r = httpx.post(f"{stack.url}/v1/chat/completions", timeout=60, json={
+            "model": "tiny-chat", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 10, r.text
         assert time.monotonic() - t0 > 1.0, "it was held while the first replica loaded (load time 2 s)"
+        # the activator forwarded it, and says to whom, as nginx does for the requests it routes itself
+        served = r.headers.get("x-gpufleet-replica")
+        assert served and served in {x["id"] for x in stack.status()["pools"]["chat"]["replicas"]}, r.headers
     finally:
         assert stack.stop() == 0, stack.tail_log()
 

@@ -106,16 +106,15 @@ def test_config_hash_changes_with_what_a_replica_runs():
 
 
 def test_what_validates_starts_braces_in_argv_and_model_are_literal():
-    from autoscaler.reconcile import replica_argv
     from autoscaler.runtime.base import fill_argv
 
     cfg = parse_config({"pools": [
         {"name": "a", "model": "org/m{v2}", "engine": "command",
          "command": ["serve", "--model", "{model}", "--port", "{port}", "--extra", '{"json": 1}', "{nope}"]},
         {"name": "b", "model": "m{port}"}]})
-    argv = fill_argv(replica_argv(cfg.pools[0]), model=cfg.pools[0].model, port=9, host="h", replica_id="r")
+    argv = fill_argv(cfg.pools[0].engine_spec.argv, model=cfg.pools[0].model, port=9, host="h", replica_id="r")
     assert argv == ["serve", "--model", "org/m{v2}", "--port", "9", "--extra", '{"json": 1}', "{nope}"]
-    sim = fill_argv(replica_argv(cfg.pools[1]), model=cfg.pools[1].model, port=9, host="h", replica_id="r")
+    sim = fill_argv(cfg.pools[1].engine_spec.argv, model=cfg.pools[1].model, port=9, host="h", replica_id="r")
     assert sim[sim.index("--model") + 1] == "m{port}", "a value is never re-scanned for placeholders"
 
 
@@ -176,3 +175,31 @@ def test_validate_says_what_it_understood_of_a_multi_model_fleet():
     lines = r.stdout.splitlines()
     assert lines[1].startswith("  pool large: priority 100") and "to small (max_tokens 256)" in lines[1]
     assert "  rule batch-by-header: header x-workload=batch -> pool batch" in lines
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")) + [
+    Path(__file__).resolve().parents[2] / "compose/fleet.yaml"]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_every_shipped_fleet_validates_and_says_what_its_engines_lack(path):
+    r = subprocess.run([sys.executable, "-m", "autoscaler.cli", "validate", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    cfg = load_config(path)
+    for p in cfg.pools:
+        if p.engine not in ("sim", "command"):
+            line = next(x for x in r.stdout.splitlines() if x.startswith(f"  pool {p.name}: engine {p.engine}"))
+            assert all(s in line for s in p.engine_spec.missing_signals()), line
+
+
+def test_the_real_engine_examples_mean_what_they_say():
+    root = Path(__file__).resolve().parents[2]
+    vllm = load_config(root / "examples/vllm.yaml")
+    big = vllm.pool("big").engine_spec
+    assert big.argv[:3] == ("vllm", "serve", "Qwen/Qwen2.5-32B-Instruct") and "--tensor-parallel-size" in big.argv
+    assert big.argv[big.argv.index("--tensor-parallel-size") + 1] == "2" and big.shm_size == "16g"
+    chat = vllm.pool("chat").engine_spec
+    assert chat.sleep and "--enable-sleep-mode" in chat.argv and chat.env["VLLM_SERVER_DEV_MODE"] == "1"
+    assert chat.volumes == {"weights": "/root/.cache/huggingface"}
+    cpu = load_config(root / "examples/cpu-real-engine.yaml").pools[0]
+    assert cpu.executable == str(root / "build/llama-server/llama-server") or not (root / "build/llama-server").exists()

@@ -75,3 +75,27 @@ def test_cli_gpus_place_what_if():
     bad = subprocess.run([sys.executable, "-m", "autoscaler.cli", "gpus", "--topology", "/nonexistent"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "cannot read" in bad.stderr
+
+
+def test_gpu_check_on_a_real_topology_through_nvmls_own_shapes_and_without_a_gpu():
+    from autoscaler.gpucheck import check
+
+    fake = FakeNvml(load_topology_file(FIX / "hgx-8xh100-sxm-nv18-aws-p5.txt"))
+    lines: list[str] = []
+    assert check(nvml=fake, out=lines.append, engine="none") == 0
+    text = "\n".join(lines)
+    assert "NVML sees 8 GPU(s)" in text and "a 8-GPU replica would get" in text
+    assert "weakest link NV" in next(x for x in lines if x.startswith("a 2-GPU replica"))
+    assert sum(1 for x in lines if x.startswith("GPU ")) == 8 and "health: every GPU answers NVML" in text
+    fake.lost.add(2)
+    assert check(nvml=fake, out=lines.append, engine="none") == 1
+
+    class NoNvml:
+        class NVMLError(Exception):
+            pass
+
+        def nvmlInit(self) -> None:
+            raise self.NVMLError("NVML Shared Library Not Found")
+
+    out: list[str] = []
+    assert check(nvml=NoNvml(), out=out.append) == 3 and "NVML Shared Library Not Found" in out[0]

@@ -35,7 +35,9 @@ def sample(load: float = 0.0, t: float = NOW - 0.1) -> ReplicaSample:
 
 def rep(rid: str, role: str = "active", *, target: str | None = None, load: float = 0.0, since: float = 0.0,
         gpu: int | None = None, **kw: Any) -> ReplicaObs:
-    base: dict[str, Any] = dict(id=rid, pool="chat", role=role, target_role=target or role, created_at=0.0,
+    # a loading replica started moments ago (an old one would be past its start deadline)
+    base: dict[str, Any] = dict(id=rid, pool="chat", role=role, target_role=target or role,
+                                created_at=NOW - 5 if role == "starting" else 0.0,
                                 role_since=since, alive=True, ready=role != "starting", upstream=f"10.0.0.{rid}:8000",
                                 gpus=(f"vslot{gpu}",) if gpu is not None else (), samples=(sample(load),),
                                 config_hash=fleet().pools[0].config_hash())
@@ -88,6 +90,26 @@ def test_a_replica_failing_its_health_checks_is_stopped_but_a_loading_one_is_not
 def test_two_failed_scrapes_are_not_yet_an_eviction():
     out = reconcile(fleet(), snap(rep("1", gpu=0), rep("2", gpu=1, failures=2)), steady(2), NOW)
     assert not [a for a in out.actions if a.kind == "stop"]
+
+
+def test_a_replica_not_ready_by_its_engines_start_deadline_is_stopped_and_backs_off():
+    cfg = fleet(start_timeout_s=60, start_backoff_s=5)
+    loading = rep("2", "starting", target="active", gpu=1, created_at=NOW - 61, ready=False,
+                  last_error="/health: ConnectError")
+    out = reconcile(cfg, snap(rep("1", gpu=0), loading), steady(2), NOW)
+    assert ("stop", "2", None) in acts(out)
+    ev = next(e for e in out.events if e.kind == "start_timeout")
+    assert ev.detail["replica"] == "2" and ev.detail["gpus"] == ["vslot1"] and ev.detail["crashes"] == 1
+    assert out.states["chat"].crashes == 1
+    # a second one in a row waits the backoff before the next cold start
+    again = reconcile(cfg, snap(rep("1", gpu=0), replace(loading, id="3")), out.states, NOW + 1)
+    assert again.states["chat"].backoff_until == NOW + 1 + 5
+    assert not [a for a in again.actions if a.kind == "start"]
+    # one second younger than the deadline: it may still load; the sim engine's default leaves its load time
+    young = reconcile(cfg, snap(rep("1", gpu=0), replace(loading, created_at=NOW - 59)), steady(2), NOW)
+    assert ("stop", "2", None) not in acts(young)
+    big = fleet(sim={"profile": "tiny", "load_time_s": 100})
+    assert big.pools[0].engine_spec.start_timeout_s >= 300
 
 
 # ---- 2. promote -----------------------------------------------------------------------------
@@ -264,8 +286,8 @@ def test_a_gpu_with_two_live_holders_keeps_the_serving_one_and_retires_the_other
 
 
 def test_between_two_loading_holders_of_a_gpu_the_older_stays():
-    a = rep("1", "starting", target="active", gpu=0, created_at=20.0, ready=False)
-    b = rep("2", "starting", target="active", gpu=0, created_at=30.0, ready=False)
+    a = rep("1", "starting", target="active", gpu=0, created_at=NOW - 30, ready=False)
+    b = rep("2", "starting", target="active", gpu=0, created_at=NOW - 20, ready=False)
     out = reconcile(fleet(), snap(a, b), steady(1), NOW)
     assert [a.replica for a in out.actions if a.kind == "stop"] == ["2"]
 

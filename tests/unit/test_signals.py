@@ -4,6 +4,8 @@ import math
 
 import pytest
 
+from autoscaler.config import MetricsOverride
+from autoscaler.engines import LLAMACPP_METRICS, SGLANG_METRICS, TGI_METRICS, VLLM_METRICS
 from autoscaler.signals import histogram_quantile, parse_metrics, pool_signals
 
 VLLM = """
@@ -37,14 +39,43 @@ def test_parse_vllm_names():
     assert s.requests_total == 21
 
 
-def test_parse_sglang_and_tgi_names():
-    sg = parse_metrics("# TYPE sglang:num_running_reqs gauge\nsglang:num_running_reqs 2\n"
-                       "# TYPE sglang:num_queue_reqs gauge\nsglang:num_queue_reqs 7\n"
-                       "# TYPE sglang:token_usage gauge\nsglang:token_usage 0.5\n", 0)
-    assert (sg.running, sg.waiting, sg.kv_usage) == (2, 7, 0.5)
+def test_each_engine_is_read_under_its_own_names():
+    # as each server writes them (metric names from their sources, cited in autoscaler/engines.py)
+    sg = parse_metrics("# TYPE sglang:num_running_reqs gauge\nsglang:num_running_reqs{model_name=\"m\"} 2\n"
+                       "# TYPE sglang:num_queue_reqs gauge\nsglang:num_queue_reqs{model_name=\"m\"} 7\n"
+                       "# TYPE sglang:token_usage gauge\nsglang:token_usage{model_name=\"m\"} 0.5\n"
+                       "# TYPE sglang:time_to_first_token_seconds histogram\n"
+                       "sglang:time_to_first_token_seconds_bucket{le=\"0.5\"} 3\n"
+                       "sglang:time_to_first_token_seconds_bucket{le=\"+Inf\"} 4\n"
+                       "sglang:time_to_first_token_seconds_sum 1.5\nsglang:time_to_first_token_seconds_count 4\n"
+                       "# TYPE sglang:num_requests_total counter\nsglang:num_requests_total{model_name=\"m\"} 11\n",
+                       0, SGLANG_METRICS)
+    assert (sg.running, sg.waiting, sg.kv_usage, sg.requests_total) == (2, 7, 0.5, 11)
+    assert sg.ttft_buckets == ((0.5, 3.0), (math.inf, 4.0))
+    # TGI's exporter writes a counter without `_total`
     tgi = parse_metrics("# TYPE tgi_queue_size gauge\ntgi_queue_size 4\n"
-                        "# TYPE tgi_batch_current_size gauge\ntgi_batch_current_size 9\n", 0)
-    assert (tgi.running, tgi.waiting) == (9, 4)
+                        "# TYPE tgi_batch_current_size gauge\ntgi_batch_current_size 9\n"
+                        "# TYPE tgi_request_success counter\ntgi_request_success 5\n", 0, TGI_METRICS)
+    assert (tgi.running, tgi.waiting, tgi.requests_total) == (9, 4, 5)
+    ll = parse_metrics("# TYPE llamacpp:requests_processing gauge\nllamacpp:requests_processing 3\n"
+                       "# TYPE llamacpp:requests_deferred gauge\nllamacpp:requests_deferred 6\n"
+                       "# TYPE llamacpp:prompt_tokens_total counter\nllamacpp:prompt_tokens_total 120\n",
+                       0, LLAMACPP_METRICS)
+    assert (ll.running, ll.waiting, ll.requests_total, ll.ttft_buckets) == (3, 6, 0, ())
+
+
+def test_another_engines_names_are_not_read():
+    vllm_text = "vllm:num_requests_running 5\nvllm:num_requests_waiting 2\n"
+    assert (parse_metrics(vllm_text, 0, LLAMACPP_METRICS).running, parse_metrics(vllm_text, 0).running) == (0, 5)
+    # a pool's own names (`metrics:` in fleet.yaml) replace the preset's
+    own = MetricsOverride(running="my_running").apply(VLLM_METRICS)
+    assert parse_metrics("my_running 4\n" + vllm_text, 0, own).running == 4
+
+
+def test_what_each_engine_cannot_give():
+    assert VLLM_METRICS.missing_signals() == () and SGLANG_METRICS.missing_signals() == ()
+    assert TGI_METRICS.missing_signals() == ("kv_cache_usage", "ttft_p95_s")
+    assert LLAMACPP_METRICS.missing_signals() == ("kv_cache_usage", "ttft_p95_s", "request_rate")
 
 
 def test_histogram_quantile_matches_prometheus_interpolation():
