@@ -60,7 +60,8 @@ def run(engine: str, model: Path) -> dict[str, Any]:
                                 stderr=subprocess.STDOUT, cwd=ROOT)
         token = None
         try:
-            token = _until(lambda: (Path(tmp) / "run/admin-token").read_text().strip(), 30)
+            tok = Path(tmp) / "run/admin-token"
+            token = _until(lambda: tok.exists() and tok.read_text().strip(), 30)
             h = {"Authorization": f"Bearer {token}"}
 
             def status() -> dict[str, Any]:
