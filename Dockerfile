@@ -12,9 +12,11 @@ RUN pip install --no-cache-dir .
 # mount points of the shared volumes, owned by their writer (a new volume takes this owner); nginx -t's
 # temp paths (the root file system is read-only)
 RUN mkdir -p /etc/nginx/gpufleet /run/gpufleet/prometheus /var/lib/gpufleet /var/lib/gpufleet-admin \
+        /var/lib/gpufleet-replica-secrets /var/lib/gpufleet-grafana \
         /var/run/gpufleet-nginx/tmp/body /var/run/gpufleet-nginx/tmp/proxy /var/run/gpufleet-nginx/tmp/fastcgi \
         /var/run/gpufleet-nginx/tmp/uwsgi /var/run/gpufleet-nginx/tmp/scgi \
     && chown -R 65534:65534 /etc/nginx/gpufleet /run/gpufleet /var/lib/gpufleet /var/lib/gpufleet-admin \
+        /var/lib/gpufleet-replica-secrets /var/lib/gpufleet-grafana \
         /var/run/gpufleet-nginx \
     && chmod 0700 /var/lib/gpufleet /var/lib/gpufleet-admin
 ENV PYTHONUNBUFFERED=1

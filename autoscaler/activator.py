@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import itertools
 import json
 import logging
@@ -49,8 +50,12 @@ def _wants_stream(body: bytes) -> bool:
 
 
 class Activator:
-    def __init__(self, cfg: FleetConfig, notify: Callable[[str], None] = lambda pool: None) -> None:
+    def __init__(self, cfg: FleetConfig, notify: Callable[[str], None] = lambda pool: None,
+                 secret: str | None = None) -> None:
         self.cfg = cfg
+        # nginx's secret (autoscaler.credentials.gateway_secret): a request without it is not nginx's, and
+        # gets nothing (the activator would forward it to a replica with no key asked)
+        self.secret = secret
         self.notify = notify  # a request is held for this pool: tick now (the Controller sets it)
         self.held: dict[str, int] = {p.name: 0 for p in cfg.pools}
         self.forwarded: dict[str, int] = {p.name: 0 for p in cfg.pools}
@@ -98,6 +103,10 @@ class Activator:
             return None
 
     async def handle(self, request: Request) -> Response:
+        if self.secret is not None and not hmac.compare_digest(
+                request.headers.get("x-gpufleet-gateway", "").encode(), self.secret.encode()):
+            return _error(403, "The activator answers the gateway only; send requests to the gateway with an API "
+                          "key.", "forbidden")
         pool = request.headers.get("x-gpufleet-pool", "")
         p = next((q for q in self.cfg.pools if q.name == pool), None)
         if p is None:

@@ -1,9 +1,13 @@
-"""The stack's secrets on first start: the admin token and the gateway's keys file, in the state directory
-(the local run dir; in Docker a volume). Each is made once, 0600, and shown once in the log."""
+"""The stack's secrets on first start: the admin token, the gateway's keys file and its secret for the activator,
+in the state directory (the local run dir; in Docker a volume). Each is made once, 0600; the log says where,
+never what."""
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import secrets
 from pathlib import Path
 
 from autoscaler.config import ConfigError, FleetConfig
@@ -12,6 +16,7 @@ from autoscaler.gateway.access import KeysError, KeysSource, ensure_default_keys
 log = logging.getLogger("gpufleet.credentials")
 
 ADMIN_TOKEN_FILE = "admin-token"
+GATEWAY_SECRET_FILE = "gateway-secret"
 KEYS_FILE = "api-keys.yaml"
 
 AUTH_OFF_BANNER = ("!" * 78 + "\n  GATEWAY AUTH IS OFF (gateway.auth.enabled: false): anyone who reaches the\n"
@@ -27,8 +32,44 @@ def admin_token(cfg: FleetConfig, state_dir: Path) -> tuple[str, Path]:
         return cfg.admin.token, path
     token, made = ensure_secret(path)
     if made:
-        log.warning("admin API token generated (shown once; also in %s, mode 0600): %s", path, token)
+        # where it is, never what it is: a log outlives its reader (`docker logs`, journald, CI output)
+        log.warning("admin API token generated: in %s (mode 0600)", path)
     return token, path
+
+
+def gateway_secret(state_dir: Path) -> str:
+    """What nginx shows the activator (which answers nothing else) and puts on its reload probe: made once
+    per state dir, so a restarted autoscaler and the nginx it adopts still agree. Never logged."""
+    path = state_dir / GATEWAY_SECRET_FILE
+    secret, _ = ensure_secret(path)
+    if not re.fullmatch(r"[A-Za-z0-9_-]{16,256}", secret):  # it is written into nginx.conf, in quotes
+        raise ConfigError(f"{path}: not a secret gpufleet made (16-256 of A-Z a-z 0-9 _ -); delete the file and "
+                          "a new one is made at the next start")
+    return secret
+
+
+GRAFANA_PASSWORD_FILE = "admin-password"
+
+
+def grafana_password(grafana_dir: Path, given: str | None = None) -> tuple[Path, bool]:
+    """Grafana's admin password, as the file Grafana reads (GF_SECURITY_ADMIN_PASSWORD__FILE): the one given
+    (GPUFLEET_GRAFANA_PASSWORD), else the one made on a first start; never admin/admin. Mode 0644: Grafana
+    runs as its own user (472) and this volume is mounted by Grafana and the autoscaler only. (path, made)"""
+    path = grafana_dir / GRAFANA_PASSWORD_FILE
+    if given:
+        value, made = given, False
+    else:
+        try:
+            value = path.read_text().strip()
+        except FileNotFoundError:
+            value = ""
+        made = not value
+        value = value or secrets.token_urlsafe(18)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(value + "\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path, made
 
 
 def keys_source(cfg: FleetConfig, state_dir: Path) -> KeysSource:
@@ -44,8 +85,8 @@ def keys_source(cfg: FleetConfig, state_dir: Path) -> KeysSource:
         path = state_dir / KEYS_FILE
         key = ensure_default_keys(path)
         if key:
-            log.warning("gateway API key `default` generated (shown once; also in %s, mode 0600): %s",
-                        path.with_name(path.stem + ".default-key"), key)
+            log.warning("gateway API key `default` generated: in %s (mode 0600)",
+                        path.with_name(path.stem + ".default-key"))
     try:
         return KeysSource(True, path, **limits)  # type: ignore[arg-type]
     except KeysError as e:

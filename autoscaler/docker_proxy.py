@@ -35,6 +35,7 @@ from autoscaler.docker_guard import MAX_BODY, Policy, Refused, check_create
 log = logging.getLogger("gpufleet.docker_proxy")
 
 SOCKET = "/var/run/docker.sock"
+MAX_HEADERS = 16 * 1024
 MIN_API = (1, 40)  # older versions read a HostConfig sent with start; Debian's engine speaks 1.41
 _VER = r"(?:/v(?P<major>1)\.(?P<minor>[0-9]{2}))?"
 _REF = r"(?P<ref>[A-Za-z0-9][A-Za-z0-9_.-]{0,127})"
@@ -109,6 +110,9 @@ class DockerProxy:
             await _json(send, 502, {"message": f"gpufleet docker-proxy: the engine: {type(e).__name__}: {e}"})
 
     async def handle(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        # the SDK's headers are a few hundred bytes; nothing of them is forwarded, and nothing large is read
+        if sum(len(k) + len(v) for k, v in scope.get("headers", ())) > MAX_HEADERS:
+            raise Denied(431, f"request headers larger than {MAX_HEADERS} bytes")
         method = scope["method"]
         raw = scope.get("raw_path") or scope["path"].encode()
         path = raw.decode("ascii", errors="replace")

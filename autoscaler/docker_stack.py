@@ -25,7 +25,7 @@ from autoscaler.activator import Activator, create_activator_app
 from autoscaler.admin import AdminServer, create_admin_app
 from autoscaler.config import FleetConfig, GpuConfig
 from autoscaler.controller import Controller
-from autoscaler.credentials import admin_token, keys_source
+from autoscaler.credentials import admin_token, gateway_secret, grafana_password, keys_source
 from autoscaler.gateway.edge import EdgeStats
 from autoscaler.gateway.edge import listen_unix as listen_edge_unix
 from autoscaler.gateway.nginx import EDGE_SOCKET_NAME, Gateway, docker_nginx_conf
@@ -48,6 +48,8 @@ STATE_DIR = Path(os.environ.get("GPUFLEET_STATE_DIR", "/var/lib/gpufleet"))
 ADMIN_DIR = Path(os.environ.get("GPUFLEET_ADMIN_DIR", "/var/lib/gpufleet-admin"))  # Prometheus reads this one
 # the replicas' secrets volume, as the autoscaler mounts it (it writes the pools' secret files there)
 SECRETS_DIR = Path(os.environ.get("GPUFLEET_REPLICA_SECRETS_DIR", "/var/lib/gpufleet-replica-secrets"))
+# Grafana's admin password file (a volume only Grafana and the autoscaler mount)
+GRAFANA_DIR = Path(os.environ.get("GPUFLEET_GRAFANA_DIR", "/var/lib/gpufleet-grafana"))
 
 
 def discover(client: Any) -> tuple[str, str, str]:
@@ -173,6 +175,11 @@ async def run_docker(cfg: FleetConfig) -> None:
 
     token, _ = admin_token(cfg, ADMIN_DIR)
     keys = keys_source(cfg, STATE_DIR)
+    secret = gateway_secret(STATE_DIR)
+    if GRAFANA_DIR.is_dir():  # the compose stack's Grafana reads its admin password from here
+        path, made = grafana_password(GRAFANA_DIR, os.environ.get("GPUFLEET_GRAFANA_PASSWORD") or None)
+        if made:
+            log.warning("Grafana admin password generated: `docker compose exec autoscaler cat %s`", path)
     client = docker.from_env()
     project, network, image = discover(client)
     log.info("compose project %s, network %s, replica image %s", project, network, image)
@@ -181,7 +188,7 @@ async def run_docker(cfg: FleetConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     NGINX_DIR.mkdir(parents=True, exist_ok=True)
-    nginx = DockerNginx(client, project)
+    nginx = DockerNginx(client, project, secret=secret)
     g = cfg.gateway
     act = cfg.activator
     gateway = Gateway(NGINX_DIR, g, nginx.validate, nginx.reload, nginx.probe,
@@ -189,7 +196,8 @@ async def run_docker(cfg: FleetConfig) -> None:
                                                           worker_shutdown_timeout=g.worker_shutdown_timeout_s,
                                                           activator=act.enabled,
                                                           edge_log=g.edge_log_port is not None,
-                                                          stub_status=g.status_port is not None),
+                                                          stub_status=g.status_port is not None,
+                                                          gateway_secret=secret),
                       activator=act.enabled, keys=keys, routing=routing_table(cfg))
     # Every pool's model, none serving: the gateway, even restarted before the first reload, sends their
     # requests to the activator (which forwards to replicas it is told of), never a 404. Overwriting what
@@ -198,7 +206,7 @@ async def run_docker(cfg: FleetConfig) -> None:
     placer = await asyncio.to_thread(docker_placer, cfg.gpus, client, project, network, image)
     runtime = DockerRuntime(client, project, network, image, gpus_visible=placer.reads_gpus,
                             secrets_dir=SECRETS_DIR, secrets_volume=f"{project}_replica-secrets")
-    activator = Activator(cfg) if act.enabled else None
+    activator = Activator(cfg, secret=secret) if act.enabled else None
     controller = Controller(cfg, runtime, gateway, placer, TargetsWriter(TARGETS), activator=activator)
     edge = EdgeStats.for_fleet(cfg) if g.edge_log_port else None
     # the gateway's nginx sends its access log to a socket in the conf volume both mount

@@ -23,7 +23,7 @@ from autoscaler.activator import Activator, create_activator_app
 from autoscaler.admin import AdminServer, create_admin_app
 from autoscaler.config import FleetConfig
 from autoscaler.controller import Controller
-from autoscaler.credentials import admin_token, keys_source
+from autoscaler.credentials import admin_token, gateway_secret, keys_source
 from autoscaler.gateway.edge import EdgeStats
 from autoscaler.gateway.edge import listen as listen_edge
 from autoscaler.gateway.nginx import Gateway, LocalNginx, atomic_write
@@ -151,11 +151,12 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
 
     token, token_file = admin_token(cfg, run_dir)
     keys = keys_source(cfg, run_dir)
+    secret = gateway_secret(run_dir)
     act = cfg.activator
     edge_port = cfg.gateway.edge_log_port
     admin_host = f"[{cfg.admin.host}]" if ":" in cfg.admin.host else cfg.admin.host
     nginx = LocalNginx(run_dir, cfg.gateway, activator=f"{act.host}:{act.port}" if act.enabled else None,
-                       edge_log=f"{admin_host}:{edge_port}" if edge_port else None)
+                       edge_log=f"{admin_host}:{edge_port}" if edge_port else None, secret=secret)
     nginx.render_main()
     adopted = nginx.adopt()
     gateway = Gateway(nginx.conf_dir, cfg.gateway, nginx.validate, nginx.reload, nginx.probe,
@@ -167,7 +168,7 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
     prom = LocalPrometheus(run_dir, cfg, token_file, nginx_exporter=exporter.listen if exporter and exporter.usable
                            else None) if cfg.prometheus.enabled else None
     runtime = LocalRuntime(run_dir / "replicas")
-    activator = Activator(cfg) if act.enabled else None
+    activator = Activator(cfg, secret=secret) if act.enabled else None
     controller = Controller(cfg, runtime, gateway, make_placer(cfg.gpus),
                             TargetsWriter(run_dir / "prometheus" / "targets.json"), activator=activator)
     act_server = AdminServer(uvicorn.Config(create_activator_app(activator), host=act.host, port=act.port,

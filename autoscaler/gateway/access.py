@@ -12,6 +12,7 @@ file is `load_keys`, which raises `KeysError` naming the entry and field that is
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 from dataclasses import dataclass
@@ -155,6 +156,18 @@ def _rate(r: float) -> str:
     return f"{int(r)}r/s" if float(r).is_integer() else f"{max(1, round(r * 60))}r/m"
 
 
+def _error_json(message: str, code: str) -> str:
+    return json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}},
+                      separators=(",", ":"))
+
+
+# the same OpenAI-shaped answers as the njs check gives; no quote or backslash in them: they sit in an nginx
+# '...' string, which unescapes \" and \'
+_UNAUTHORIZED_MISSING = _error_json("You did not provide an API key. Send it in the header Authorization: "
+                                    "Bearer <key>.", "missing_api_key")
+_UNAUTHORIZED_WRONG = _error_json("Incorrect API key provided.", "invalid_api_key")
+
+
 def render_access(policy: AccessPolicy) -> dict[str, Any]:
     """{'http': text for the http block, 'location': text for the API location, 'table': for routes.js}."""
     http = [
@@ -167,7 +180,25 @@ def render_access(policy: AccessPolicy) -> dict[str, Any]:
         f"limit_req_zone $server_port zone=gf_all_rate:1m rate={_rate(policy.global_requests_per_s)};",
         "limit_conn_zone $server_port zone=gf_all_conn:1m;",
     ]
-    loc = [
+    loc = []
+    if policy.enabled:
+        # Refused in the rewrite phase, from the headers alone: before nginx reads a byte of the body and
+        # before the limits count the request, so keyless clients hold neither memory nor a keyed client's
+        # slot. (js_content reads the whole body before it runs; the key check there is the second one.)
+        loc += [
+            'if ($http_authorization = "") {',
+            "    add_header WWW-Authenticate Bearer always;",
+            # the reload probe has no key: this answer, too, says which config nginx serves
+            "    add_header X-Gpufleet-Generation $gf_generation always;",
+            f"    return 401 '{_UNAUTHORIZED_MISSING}';",
+            "}",
+            'if ($gf_key = "") {',
+            "    add_header WWW-Authenticate Bearer always;",
+            "    add_header X-Gpufleet-Generation $gf_generation always;",
+            f"    return 401 '{_UNAUTHORIZED_WRONG}';",
+            "}",
+        ]
+    glob = [
         f"limit_req zone=gf_all_rate burst={policy.global_burst} nodelay;",
         f"limit_conn gf_all_conn {policy.global_concurrent};",
     ]
@@ -183,6 +214,9 @@ def render_access(policy: AccessPolicy) -> dict[str, Any]:
             loc += [f"limit_req zone=gf_k{i}_rate burst={k.burst} nodelay;",
                     f"limit_conn gf_k{i}_conn {k.concurrent};"]
             keys[k.digest] = {"name": k.name, "tier": k.tier, "models": list(k.models)}
+    # each key's own limits before the gateway-wide ones: a key over its limit is refused before it counts
+    # against everyone's
+    loc += glob
     return {"http": "\n".join(http) + "\n", "location": "\n".join(loc) + "\n",
             "table": {"auth": policy.enabled, "keys": keys}}
 

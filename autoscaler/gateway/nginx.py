@@ -63,7 +63,9 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 # the autoscaler's own reload probes: not client traffic, so not in the edge metrics
-PROBE_HEADERS = {"X-Gpufleet-Probe": "1"}
+def probe_headers(secret: str | None) -> dict[str, str]:
+    """The autoscaler's reload probe: nginx leaves it out of the edge metrics only with the stack's secret."""
+    return {"X-Gpufleet-Probe": secret or "probe"}
 
 
 @dataclass
@@ -288,7 +290,8 @@ DOCKER_ACTIVATOR = "autoscaler:8182"  # the compose service, resolved by Docker'
 
 
 def docker_nginx_conf(port: int = 8080, client_max_body_size: str = "1m", worker_shutdown_timeout: int = 240,
-                      activator: bool = True, edge_log: bool = True, stub_status: bool = True) -> str:
+                      activator: bool = True, edge_log: bool = True, stub_status: bool = True,
+                      gateway_secret: str | None = None) -> str:
     """The gateway's nginx.conf in Docker: the same template as the local stack, container paths. The image
     carries it rendered with the defaults; the autoscaler renders it again from fleet.yaml."""
     return render_template(
@@ -299,7 +302,7 @@ def docker_nginx_conf(port: int = 8080, client_max_body_size: str = "1m", worker
         port=port, client_max_body_size=client_max_body_size,
         activator=DOCKER_ACTIVATOR if activator else None, resolver="127.0.0.11",
         edge_log=f"unix:{DOCKER_CONF_DIR}/{EDGE_SOCKET_NAME}" if edge_log else None,
-        stub_status=f"0.0.0.0:{DOCKER_STATUS_PORT}" if stub_status else None,
+        stub_status=f"0.0.0.0:{DOCKER_STATUS_PORT}" if stub_status else None, gateway_secret=gateway_secret,
     )
 
 
@@ -322,7 +325,8 @@ class LocalNginx:
     """nginx as a child process of `gpufleet up --local`."""
 
     def __init__(self, run_dir: Path, cfg: GatewayConfig, binary: str | None = None,
-                 activator: str | None = None, edge_log: str | None = None) -> None:
+                 activator: str | None = None, edge_log: str | None = None, secret: str | None = None) -> None:
+        self.secret = secret  # the stack's gateway secret: nginx -> activator, and the reload probe
         self.activator = activator  # host:port of the activator, None: 503 while a pool has no replica
         self.edge_log = edge_log  # host:port the access log goes to over UDP (the edge metrics), None: off
         self.run_dir = run_dir
@@ -387,6 +391,7 @@ class LocalNginx:
             client_max_body_size=self.cfg.client_max_body_size,
             activator=self.activator, resolver=None, edge_log=self.edge_log,
             stub_status=f"127.0.0.1:{self.cfg.status_port}" if self.cfg.status_port else None,
+            gateway_secret=self.secret,
         )
         atomic_write(self.conf, text)
 
@@ -398,7 +403,7 @@ class LocalNginx:
     def probe(self) -> str | None:
         host = "127.0.0.1" if self.cfg.listen in ("0.0.0.0", "::", "") else self.cfg.listen_host
         with httpx.Client(timeout=1.0) as c:  # a new connection: what a new client would get
-            r = c.get(f"http://{host}:{self.cfg.port}/v1/models", headers=PROBE_HEADERS)
+            r = c.get(f"http://{host}:{self.cfg.port}/v1/models", headers=probe_headers(self.secret))
             return r.headers.get("x-gpufleet-generation")
 
     def validate(self) -> tuple[bool, str]:

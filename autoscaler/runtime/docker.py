@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from autoscaler.engines import NOBODY
-from autoscaler.gateway.nginx import PROBE_HEADERS
+from autoscaler.gateway.nginx import probe_headers
 from autoscaler.runtime.base import Replica, ReplicaSpec, Role, fill_argv, replica_env
 
 L = "io.gpufleet."
@@ -311,10 +311,11 @@ class DockerNginx:
     CONF = "/etc/nginx/gpufleet/nginx.conf"
     RUN_DIR = "/var/run/gpufleet-nginx"
 
-    def __init__(self, client: Any, project: str, service: str = "gateway") -> None:
+    def __init__(self, client: Any, project: str, service: str = "gateway", secret: str | None = None) -> None:
         self.client = client
         self.project = project
         self.service = service
+        self.secret = secret
 
     def _container(self) -> Any:
         # sparse: the SDK would otherwise inspect it, and the proxy lets the autoscaler signal the gateway, not
@@ -344,5 +345,5 @@ class DockerNginx:
         import httpx
 
         with httpx.Client(timeout=1.0) as c:
-            r = c.get(f"http://{self.service}:{port}/v1/models", headers=PROBE_HEADERS)
+            r = c.get(f"http://{self.service}:{port}/v1/models", headers=probe_headers(self.secret))
             return r.headers.get("x-gpufleet-generation")

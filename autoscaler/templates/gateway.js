@@ -56,7 +56,7 @@ function authorize(r) {
     }
     var given = r.headersIn['Authorization'] !== undefined;
     fail(r, 401, given ? 'Incorrect API key provided.'
-                       : "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+                       : 'You did not provide an API key. Send it in the header Authorization: Bearer <key>.',
          'invalid_request_error', null, given ? 'invalid_api_key' : 'missing_api_key');
     return null;
 }
@@ -205,7 +205,10 @@ function route(r) {
     var rule = ruleFor(r, key, model, body);
     var chosen = rule ? rule.pool : pool;
     var why = rule ? 'rule:' + rule.name : (model === own(cfg.models, pool) ? 'model' : 'alias');
-    var chain = [{pool: chosen, max_tokens: null}].concat(own(cfg.fallback, chosen) || []);
+    // a fallback never gives a key a model it may not use: it waits for its own pool instead
+    var chain = [{pool: chosen, max_tokens: null}].concat((own(cfg.fallback, chosen) || []).filter(function (f) {
+        return allows(key, own(cfg.models, f.pool));
+    }));
     var hot = chain.length > 1 ? saturated() : {};
     var pick = -1;
     // first a pool that serves and is not saturated; else any that serves (an overloaded pool beats none)
@@ -261,6 +264,12 @@ function models(r) {
     r.return(200, JSON.stringify({object: 'list', data: data}));
 }
 
+// js_set $gf_generation: the config generation nginx serves, for the autoscaler's reload probe, which carries
+// no API key: the 401 nginx answers it before any njs runs says it too
+function generation(r) {
+    return String(cfg.generation || '');
+}
+
 function notFound(r) {
     fail(r, 404, 'Unknown path ' + r.uri + '.', 'invalid_request_error', null, 'not_found');
 }
@@ -284,4 +293,4 @@ function edgeError(r) {
     fail(r, status, e[0], e[1], null, e[2]);
 }
 
-export default {route, models, notFound, edgeError, keyName};
+export default {route, models, notFound, edgeError, keyName, generation};

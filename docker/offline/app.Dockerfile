@@ -14,9 +14,11 @@ RUN pip install --no-index --find-links /wheels /wheels/gpufleet-*.whl && rm -rf
 # mount points of the shared volumes, owned by the user that writes them (a new volume takes this owner),
 # and nginx -t's temp paths (the root file system is read-only)
 RUN mkdir -p /etc/nginx/gpufleet /run/gpufleet/prometheus /var/lib/gpufleet /var/lib/gpufleet-admin \
+        /var/lib/gpufleet-replica-secrets /var/lib/gpufleet-grafana \
         /var/run/gpufleet-nginx/tmp/body /var/run/gpufleet-nginx/tmp/proxy /var/run/gpufleet-nginx/tmp/fastcgi \
         /var/run/gpufleet-nginx/tmp/uwsgi /var/run/gpufleet-nginx/tmp/scgi \
     && chown -R 65534:65534 /etc/nginx/gpufleet /run/gpufleet /var/lib/gpufleet /var/lib/gpufleet-admin \
+        /var/lib/gpufleet-replica-secrets /var/lib/gpufleet-grafana \
         /var/run/gpufleet-nginx \
     && chmod 0700 /var/lib/gpufleet /var/lib/gpufleet-admin
 WORKDIR /app

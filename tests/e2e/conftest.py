@@ -42,9 +42,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     e2e = [i for i in items if "tests/e2e/" in str(i.fspath)]
     if not e2e:
         return
-    # the one test that takes the shared stack down runs after every other, whichever file it is in
+    # the one test that takes the shared stack down runs after every other e2e test, whichever file it is in,
+    # and before the rest of the suite (which should not share the 2 cores with an idle stack)
     last = [i for i in items if i.name == "test_compose_down_leaves_no_container"]
-    items[:] = [i for i in items if i not in last] + last
+    rest = [i for i in items if i not in last]
+    cut = max((n for n, i in enumerate(rest) if "tests/e2e/" in str(i.fspath)), default=len(rest) - 1) + 1
+    items[:] = rest[:cut] + last + rest[cut:]
     problem = docker_problem()
     if problem is None:
         return

@@ -161,3 +161,33 @@ def test_admin_api_needs_its_token_and_prometheus_scrapes_with_it(compose_stack)
     wait_for(scraped, 60, "Prometheus scraping the autoscaler with the token", interval=1)
     # the lifecycle API is off: nobody who reaches Prometheus can stop it
     assert httpx.post(f"{stack.prom}/-/quit", timeout=5).status_code == 403
+
+
+FROM_A_REPLICA = r"""
+import httpx, json
+chat = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+out = {
+  "activator": httpx.post("http://autoscaler:8182/v1/chat/completions", json=chat, timeout=10,
+                          headers={"X-Gpufleet-Pool": "chat"}).status_code,
+  "activator, a guessed secret": httpx.post("http://autoscaler:8182/v1/chat/completions", json=chat, timeout=10,
+                          headers={"X-Gpufleet-Pool": "chat", "X-Gpufleet-Gateway": "1"}).status_code,
+  "admin status": httpx.get("http://autoscaler:8181/status", timeout=10).status_code,
+  "admin gpus": httpx.get("http://autoscaler:8181/gpus", timeout=10).status_code,
+  "admin metrics": httpx.get("http://autoscaler:8181/metrics", timeout=10).status_code,
+}
+print(json.dumps(out))
+"""
+
+
+def test_from_inside_a_replica_the_activator_and_the_admin_api_give_nothing(compose_stack):
+    """A compromised replica (a malicious model, an engine bug) reaches the autoscaler on the backend network:
+    no keyless inference through the activator, nothing of the admin API without its token."""
+    stack = compose_stack
+    wait_for(lambda: stack.active(), 60, "a serving replica")
+    (c,) = stack.containers(f"io.gpufleet.replica={stack.active()[0]['id']}")
+    r = subprocess.run(["docker", "exec", c["ID"], "python", "-c", FROM_A_REPLICA], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    codes = json.loads(r.stdout.strip().splitlines()[-1])
+    assert codes == {"activator": 403, "activator, a guessed secret": 403, "admin status": 401, "admin gpus": 401,
+                     "admin metrics": 401}, codes

@@ -116,3 +116,15 @@ def test_a_two_gpu_placement_is_exactly_the_device_request_docker_stores_and_not
         subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
     # wider than the fleet allows (its largest replica holds 2 GPUs; GPUs are named, never counted): refused
     assert out["three"] == 403 and out["not-a-uuid"] == 403 and out["all-gpus"] == 403, out
+
+
+def test_without_the_nvidia_runtime_the_log_says_why_no_gpu_is_used_and_gpufleet_gpus_shows_it(compose_stack):
+    """This engine has no NVIDIA runtime: the stack starts on virtual slots and says so once, in one line; the
+    command README gives for a GPU box shows the same from inside the autoscaler."""
+    stack = compose_stack
+    log = stack.compose("logs", "--no-color", "autoscaler", check=False).stdout
+    lines = [x for x in log.splitlines() if "no GPU used:" in x]
+    assert lines and "Docker has no NVIDIA runtime" in lines[0] and "virtual slots" in lines[0], lines
+    out = stack.compose("exec", "-T", "autoscaler", "gpufleet", "gpus").stdout
+    assert out.startswith("source: 6 virtual slots (no GPU used: Docker has no NVIDIA runtime"), out[:300]
+    assert "vslot0" in out

@@ -152,7 +152,8 @@ def test_first_start_makes_a_key_and_an_admin_token_and_prometheus_scrapes_with_
     for f in ("api-keys.yaml", "api-keys.default-key", "admin-token"):
         assert stat.S_IMODE(os.stat(stack.run_dir / f).st_mode) == 0o600, f
     assert key not in (stack.run_dir / "api-keys.yaml").read_text()
-    assert stack.log.read_text().count(key) == 1  # shown once
+    log = stack.log.read_text()
+    assert key not in log and str(key_file) in log  # where it is, never what it is
     wait_for(lambda: _post(stack, key).status_code == 200, 45, "the generated key served")
     assert _post(stack, None).status_code == 401
 
@@ -176,3 +177,70 @@ def test_first_start_makes_a_key_and_an_admin_token_and_prometheus_scrapes_with_
     stack.start(active=0)
     wait_for(lambda: _post(stack, key).status_code == 200, 45, "the same key after a restart")
     assert stack.admin_token == token and key_file.read_text().strip() == key
+
+
+def _send_headers_only(stack, key: str | None, length: int = 1_000_000) -> tuple[int, bytes]:
+    """A POST that announces a 1 MB body and sends none of it: what nginx answers before reading it."""
+    import socket
+
+    port = int(stack.url.rsplit(":", 1)[1])
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}"
+                  f"Content-Length: {length}\r\n\r\n".encode())
+        s.settimeout(3)
+        try:
+            data = s.recv(4096)
+        except TimeoutError:
+            return 0, b""
+    return int(data.split(b" ", 2)[1]), data
+
+
+def test_a_keyless_request_is_refused_before_its_body_is_read(keyed_stack):
+    stack = keyed_stack
+    for key, code in ((None, b"missing_api_key"), ("gf-wrong-" + "w" * 24, b"invalid_api_key")):
+        status, data = _send_headers_only(stack, key)
+        assert status == 401 and code in data and b"WWW-Authenticate: Bearer" in data, data[:400]
+    # a keyed one is read: nginx waits for the body it announced (no answer within 3 s)
+    assert _send_headers_only(stack, ALICE)[0] == 0
+    # the autoscaler's reload probe carries no key: its 401 still names the config generation nginx serves,
+    # the one the autoscaler last rendered (else every reload would wait out its confirmation)
+    probe = httpx.get(f"{stack.url}/v1/models", timeout=5)
+    assert probe.status_code == 401 and probe.headers.get("x-gpufleet-generation"), probe.headers
+    assert stack.status()["gateway"]["errors"] == 0, stack.status()["gateway"]
+    # and the challenge is on the 401s only
+    ok = _post(stack, ALICE)
+    assert ok.status_code == 200 and "www-authenticate" not in ok.headers
+    nope = _post(stack, ALICE, body={**CHAT, "model": "no-such-model"})
+    assert nope.status_code == 404 and "www-authenticate" not in nope.headers
+
+
+def test_the_activator_answers_the_gateway_only(keyed_stack):
+    stack = keyed_stack
+    cfg = yaml.safe_load(stack.config_path.read_text())
+    act = f"http://127.0.0.1:{cfg['activator']['port']}"
+    # straight to it, as anyone on this host (or, in Docker, on the compose networks) could: nothing
+    r = httpx.post(f"{act}/v1/chat/completions", json=CHAT, headers={"X-Gpufleet-Pool": "other"}, timeout=10)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    assert stack.status()["pools"]["other"]["held"] == 0
+    # through the gateway, with a key: the pool at zero is woken and the request served (the activator held it)
+    r = _post(stack, ALICE, body={**CHAT, "model": "tiny-other"}, timeout=60)
+    assert r.status_code == 200, r.text
+
+
+def _edge_requests(stack, pool: str) -> float:
+    text = httpx.get(f"{stack.admin}/metrics", headers={"Authorization": f"Bearer {stack.admin_token}"},
+                     timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("gpufleet_edge_requests_total{") and f'pool="{pool}"' in line)
+
+
+def test_a_client_cannot_hide_from_the_edge_metrics_with_the_probe_header(keyed_stack):
+    """Only the autoscaler's own reload probe, carrying the stack's secret, is left out of the edge metrics."""
+    stack = keyed_stack
+    before = _edge_requests(stack, "chat")
+    for value in ("1", "probe", "true"):
+        r = httpx.post(f"{stack.url}/v1/chat/completions", json=CHAT, timeout=30,
+                       headers={"Authorization": f"Bearer {ALICE}", "X-Gpufleet-Probe": value})
+        assert r.status_code == 200
+    wait_for(lambda: _edge_requests(stack, "chat") >= before + 3, 10, "the three requests counted at the edge")

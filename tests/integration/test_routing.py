@@ -12,6 +12,7 @@ from autoscaler.gateway.access import hash_key
 from tests.helpers import sim_pool, wait_for
 
 PREMIUM, BASIC, NARROW = "gf-premium-" + "p" * 24, "gf-basic-" + "b" * 24, "gf-narrow-" + "n" * 24
+BATCH_ONLY = "gf-batchonly-" + "o" * 24
 
 
 def _pool(name: str, model: str, **kw) -> dict:
@@ -39,6 +40,7 @@ def routed_stack(local_stack, tmp_path):
         {"name": "p", "sha256": hash_key(PREMIUM), "tier": "premium"},
         {"name": "b", "sha256": hash_key(BASIC), "tier": "basic"},
         {"name": "n", "sha256": hash_key(NARROW), "tier": "premium", "models": ["small-chat", "chat"]},
+        {"name": "o", "sha256": hash_key(BATCH_ONLY), "models": ["embed-batch"]},
     ]}))
     cfg = dict(FLEET, gateway={"auth": {"enabled": True, "keys_file": str(keys)}})
     stack = local_stack(cfg, start=False)
@@ -136,3 +138,13 @@ def test_a_rule_never_gives_a_key_a_model_it_may_not_use(routed_stack):
                                                        extra_headers={"X-Workload": "batch"})
     assert raw.parse().model == "small-chat" and raw.headers["x-gpufleet-route"] == "pool=small; reason=model"
     assert _chat(stack, NARROW, "big-chat").status_code == 404
+
+
+def test_a_fallback_never_gives_a_key_a_model_it_may_not_use(routed_stack):
+    """The batch pool is at zero and falls back to small: a key that may use small-chat overflows there; a key
+    that may use embed-batch alone is held for the batch pool's own replica instead, never served by small."""
+    stack = routed_stack
+    only = _chat(stack, BATCH_ONLY, "embed-batch")
+    assert only.status_code == 200, only.text
+    assert only.json()["model"] == "embed-batch" and "fallback" not in only.headers.get("x-gpufleet-route", ""), \
+        (only.json()["model"], only.headers.get("x-gpufleet-route"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -86,6 +87,23 @@ def test_rendered_files_hold_hashes_and_names_never_a_key(tmp_path):
     assert '"h:1" "r-p-1";' in files["replicas.conf"]
 
 
+def test_auth_on_refuses_a_keyless_request_before_its_body_and_before_the_limits_count_it():
+    loc = render_access(AccessPolicy(True, (KeyEntry(name="a", key=PLAIN),)))["location"]
+    first_limit = loc.index("limit_req")
+    assert loc.index('if ($http_authorization = "")') < first_limit and loc.index('if ($gf_key = "")') < first_limit
+    bodies = re.findall(r"return 401 '([^']*)';", loc)
+    codes = [json.loads(b)["error"]["code"] for b in bodies]  # what nginx sends is the OpenAI shape
+    assert codes == ["missing_api_key", "invalid_api_key"] and not any("\\" in b for b in bodies)
+    # on the 401s only, not on every answer of the location
+    assert loc.count("add_header WWW-Authenticate Bearer always;") == 2
+    # the autoscaler's reload probe (no key) still learns which config nginx serves
+    assert loc.count("add_header X-Gpufleet-Generation $gf_generation always;") == 2
+    assert loc.rindex("add_header WWW-Authenticate") < loc.rindex("}") < first_limit
+    # a key over its own limit is refused before it counts against the gateway-wide ones
+    assert loc.index("zone=gf_k0_rate") < loc.index("zone=gf_all_rate")
+    assert loc.index("gf_k0_conn") < loc.index("gf_all_conn")
+
+
 def test_auth_off_renders_no_keys_but_keeps_the_global_limits():
     acc = render_access(AccessPolicy(False, (KeyEntry(name="a", key=PLAIN),)))
     assert acc["table"] == {"auth": False, "keys": {}}
@@ -100,7 +118,8 @@ def test_rendered_access_passes_nginx_t(tmp_path):
     keys = tuple(KeyEntry(name=n, key=f"{PLAIN}-{n}", requests_per_s=r)
                  for n, r in (("default", 1), ("hostnames", 0.25), ("include", 5), ("volatile", 100)))
     for policy in (AccessPolicy(True, keys), AccessPolicy(False)):
-        ng = LocalNginx(tmp_path / str(policy.enabled), GatewayConfig(port=18080))
+        ng = LocalNginx(tmp_path / str(policy.enabled), GatewayConfig(port=18080), secret="sEcr3t-x_y",
+                        activator="127.0.0.1:9", edge_log="127.0.0.1:9")
         ng.render_main()
         for name, text in render_gateway([PoolRoute("p", "m", ("127.0.0.1:1",), replica_ids=("r",))],
                                          activator=True, access=policy).items():
@@ -158,3 +177,39 @@ def test_keys_new_refuses_a_repeated_name_and_keeps_the_file(tmp_path):
     r = subprocess.run([sys.executable, "-m", "autoscaler.cli", "keys", "new", "a", "--file", str(path)],
                        capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert r.returncode == 2 and "unique" in r.stderr and path.read_text() == before
+
+
+def test_grafanas_password_is_given_or_made_once_never_admin(tmp_path):
+    import os
+    import stat
+
+    from autoscaler.credentials import grafana_password
+
+    path, made = grafana_password(tmp_path)
+    first = path.read_text().strip()
+    assert made and len(first) >= 20 and first != "admin"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644  # Grafana (uid 472) reads it from its own volume
+    assert grafana_password(tmp_path) == (path, False) and path.read_text().strip() == first
+    assert grafana_password(tmp_path, "mine")[1] is False and path.read_text().strip() == "mine"
+
+
+def test_a_pools_secret_files_go_to_the_replicas_volume_as_files_never_into_the_environment(tmp_path):
+    from autoscaler.config import parse_config
+    from autoscaler.reconcile import replica_spec
+    from autoscaler.runtime.docker import SECRETS_MOUNT, DockerRuntime, create_kwargs
+
+    token = tmp_path / "hf_token"
+    token.write_text("hf_secretvalue\n")
+    cfg = parse_config({"pools": [{"name": "big", "model": "m", "engine": "vllm",
+                                   "secret_files": {"hf_token": str(token)}}]})
+    spec = replica_spec(cfg.pools[0], "active", ())
+    rt = DockerRuntime(None, "gf", "gf_backend", "img", secrets_dir=tmp_path / "vol",
+                       secrets_volume="gf_replica-secrets")
+    rt.write_secrets(spec)
+    written = tmp_path / "vol" / "big" / "hf_token"
+    assert written.read_text() == "hf_secretvalue\n" and oct(written.stat().st_mode & 0o777) == "0o444"
+    kw = create_kwargs(spec, "r-big-1", project="gf", network="gf_backend", default_image="img", gpus_visible=False,
+                       secrets_volume="gf_replica-secrets")
+    assert f"HF_TOKEN_PATH={SECRETS_MOUNT}/big/hf_token" in [f"{k}={v}" for k, v in kw["environment"].items()]
+    assert "hf_secretvalue" not in str(kw)
+    assert {m["Source"]: m["ReadOnly"] for m in kw["mounts"]}["gf_replica-secrets"] is True

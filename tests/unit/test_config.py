@@ -203,3 +203,18 @@ def test_the_real_engine_examples_mean_what_they_say():
     assert chat.volumes == {"weights": "/root/.cache/huggingface"}
     cpu = load_config(root / "examples/cpu-real-engine.yaml").pools[0]
     assert cpu.executable == str(root / "build/llama-server/llama-server") or not (root / "build/llama-server").exists()
+
+
+def test_every_image_the_stack_builds_is_never_pulled_from_a_registry_under_its_name():
+    """Without pull_policy, compose pulls an image of the same name first (and would run it as ours)."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    base = yaml.safe_load((root / "compose/compose.yaml").read_text())["services"]
+    offline = yaml.safe_load((root / "compose/compose.offline.yaml").read_text())["services"]
+    # compose merges the override into the base, service by service
+    merged = {n: {**base.get(n, {}), **offline.get(n, {})} for n in base}
+    for name, services in (("online", base), ("offline", merged)):
+        built = {n: s for n, s in services.items() if "build" in s}
+        assert built, name
+        assert {n: s.get("pull_policy") for n, s in built.items()} == {n: "build" for n in built}, name

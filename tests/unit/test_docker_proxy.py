@@ -45,7 +45,7 @@ def engine_app(seen: list[str]) -> httpx.MockTransport:
     return httpx.MockTransport(handle)
 
 
-def call(method: str, raw_path: str) -> tuple[int, list[str], bytes]:
+def call(method: str, raw_path: str, headers: list[tuple[bytes, bytes]] | None = None) -> tuple[int, list[str], bytes]:
     seen: list[str] = []
 
     async def go() -> tuple[int, bytes]:
@@ -53,7 +53,7 @@ def call(method: str, raw_path: str) -> tuple[int, list[str], bytes]:
         proxy = DockerProxy(P, engine)
         path, _, query = raw_path.partition("?")
         scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(),
-                 "query_string": query.encode(), "headers": []}
+                 "query_string": query.encode(), "headers": headers or []}
         sent: list[dict] = []
 
         async def receive() -> dict:
@@ -141,3 +141,8 @@ def test_the_proxy_serves_under_uvicorn():
     finally:
         server.should_exit = True
         t.join(5)
+
+
+def test_oversized_headers_are_refused_before_anything_reaches_the_engine():
+    status, seen, _ = call("GET", "/v1.41/containers/json", headers=[(b"x-pad", b"x" * 65536)])
+    assert status == 431 and seen == []
