@@ -212,6 +212,9 @@ def create_app(engine: Engine, served_model: str, max_waiting: int = MAX_WAITING
                 watch.cancel()
                 if not work.done():
                     work.cancel()
+                    # the cancelled task must have left the generator before it can be closed ("aclose():
+                    # asynchronous generator is already running" otherwise: a 500 for a client that hung up)
+                    await asyncio.gather(work, return_exceptions=True)
                     await stream.aclose()
             if not work.done() or work.cancelled():
                 return Response(status_code=499)  # nobody is listening

@@ -94,14 +94,22 @@ def require_host_binaries() -> None:
 def replica_process(*args: str, model: str = "m1") -> Iterator[str]:
     """`python -m inference` on a free port; yields its URL once /health answers (the model is loaded)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "inference", "--port", str(port), "--model", model, *args])
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: httpx.get(f"{url}/health").status_code == 200, 20, "replica /health")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    import tempfile
+
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen([sys.executable, "-m", "inference", "--port", str(port), "--model", model, *args],
+                                stdout=out, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for(lambda: httpx.get(f"{url}/health").status_code == 200, 20, "replica /health")
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            out.seek(0)
+            log = out.read().decode(errors="replace")
+        # whatever the test did to it, the replica answered; an exception it logged is a 500 someone got
+        assert "Traceback" not in log, f"the replica logged an exception:\n{log[-3000:]}"
 
 
 class LocalStack:

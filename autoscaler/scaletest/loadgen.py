@@ -38,7 +38,10 @@ class Result:
     replica: str | None = None  # the replica that served it (the gateway's X-Gpufleet-Replica)
     bytes: int = 0
     exc: Exception | None = field(default=None, repr=False)
-    retries: int = 0  # connection closed before any response byte (nginx reload), retried like openai's client
+    # resent after the connection closed before any response byte (only with retries > 0: by default a request
+    # dropped is a failed one, whatever a client library would have done about it)
+    retries: int = 0
+    rid: str = ""  # the X-Request-Id it was sent with (nginx's access log writes it: rid=)
     pool: str | None = None  # the simulator with several pools: the pool the request asked for
     served_by: str | None = None  # ...and the pool that served it (another one: a fallback)
 
@@ -71,19 +74,19 @@ def _complete(finish: str | None, tokens: int, max_tokens: int) -> bool:
 
 
 async def one_request(client: httpx.AsyncClient, url: str, model: str, a: Arrival, i: int,
-                      retries: int = 2) -> Result:
+                      retries: int = 0, rid: str = "") -> Result:
     for attempt in range(retries + 1):
-        res = await _attempt(client, url, model, a, i)
+        res = await _attempt(client, url, model, a, i, rid or f"lg-{i}")
         res.retries = attempt
         if res.ok or res.status != 0 or res.bytes or not isinstance(res.exc, _NOT_SENT):
             return res
     return res
 
 
-async def _attempt(client: httpx.AsyncClient, url: str, model: str, a: Arrival, i: int) -> Result:
+async def _attempt(client: httpx.AsyncClient, url: str, model: str, a: Arrival, i: int, rid: str) -> Result:
     sent = time.time()
     t0 = time.monotonic()
-    res = Result(at=a.at, sent=sent, stream=a.stream)
+    res = Result(at=a.at, sent=sent, stream=a.stream, rid=rid)
     body: dict[str, object] = {"model": model, "messages": [{"role": "user", "content": _prompt(a.prompt_tokens, i)}],
                                "max_tokens": a.max_tokens, "stream": a.stream}
     if a.stream:
@@ -91,7 +94,8 @@ async def _attempt(client: httpx.AsyncClient, url: str, model: str, a: Arrival, 
         # of one character into one chunk)
         body["stream_options"] = {"include_usage": True}
     try:
-        async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=body,
+                                 headers={"X-Request-Id": rid}) as r:
             res.status = r.status_code
             res.replica = r.headers.get("x-gpufleet-replica") or None
             if r.status_code != 200:
@@ -158,9 +162,13 @@ async def run_open_loop(
     timeout_s: float = 120.0,
     on_result: Callable[[Result], None] | None = None,
     api_key: str | None = None,
+    retries: int = 0,
+    rid_prefix: str | None = None,
 ) -> list[Result]:
     """Send every arrival on schedule; a request beyond max_in_flight is counted as failed (client-side
-    overload), not delayed, so the schedule stays open-loop."""
+    overload), not delayed, so the schedule stays open-loop. Each carries X-Request-Id `<rid_prefix><n>`.
+    retries: resend one whose connection closed before any response byte (0: it is a failure)."""
+    prefix = rid_prefix if rid_prefix is not None else f"lg{time.time_ns() % 10**9:09d}-"
     limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
     timeout = httpx.Timeout(timeout_s, connect=5.0)
     results: list[Result] = []
@@ -171,11 +179,12 @@ async def run_open_loop(
         async def fire(a: Arrival, i: int) -> None:
             nonlocal in_flight
             if in_flight >= max_in_flight:
-                r = Result(at=a.at, sent=time.time(), stream=a.stream, error="client in-flight cap reached")
+                r = Result(at=a.at, sent=time.time(), stream=a.stream, error="client in-flight cap reached",
+                           rid=f"{prefix}{i}")
             else:
                 in_flight += 1
                 try:
-                    r = await one_request(client, url, model, a, i)
+                    r = await one_request(client, url, model, a, i, retries=retries, rid=f"{prefix}{i}")
                 finally:
                     in_flight -= 1
             results.append(r)

@@ -26,13 +26,14 @@ from typing import Any
 import httpx
 import openai
 
+from tests.chaos import evidence
 from tests.helpers import LocalStack, pid_alive, wait_for
 
 SEED = int(os.environ.get("GPUFLEET_CHAOS_SEED", "20261123"))
 FAULT_EVERY_S = 5.0
 KINDS = ("kill_replica", "stop_replica", "poison_metrics", "restart_autoscaler", "restart_gateway")
 POISONS = ("drip", "nan", "nole", "inf", "garbage")  # in this order: the slow one first
-REPLICA_FAULT_WINDOW_S = 15.0  # from the fault until the replica is surely gone (evict + stop grace)
+CAP_PER_FAULT = 40  # requests one fault may excuse (a replica in flight: ~4; nginx restarted: up to ~35)
 MAX_STALL_S = 3.0
 
 
@@ -59,11 +60,13 @@ def chaos_config(**pool: Any) -> dict[str, Any]:
 
 @dataclass
 class Result:
+    rid: str  # the request's X-Request-Id, which nginx writes in its access log
     t0: float
     t1: float
     ok: bool
     error: str = ""
     connect: bool = False  # never reached nginx
+    replica: str | None = None  # X-Gpufleet-Replica of the response, where one came
 
 
 @dataclass
@@ -74,6 +77,10 @@ class Run:
     stalls: list[float] = field(default_factory=list)
     down: list[tuple[float, float]] = field(default_factory=list)  # autoscaler not running
     gateway_down: list[tuple[float, float]] = field(default_factory=list)
+    replica_at: evidence.Addresses = field(default_factory=evidence.Addresses)  # which replica held an address
+    serving: evidence.Serving = field(default_factory=evidence.Serving)  # which replicas served, over time
+    events: dict[tuple, dict[str, Any]] = field(default_factory=dict)  # /status events, as seen
+    monitor_errors: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -82,26 +89,37 @@ def traffic(stack: LocalStack, run: Run, stop: threading.Event, worker: int) -> 
     i = 0
     while not stop.is_set():
         i += 1
+        rid = f"w{worker}-{i}"
         t0 = time.time()
+        replica = None
         try:
+            msgs = [{"role": "user", "content": f"w{worker} {i}"}]
             if (i + worker) % 2:
-                chunks = list(c.chat.completions.create(
-                    model="tiny-chat", messages=[{"role": "user", "content": f"w{worker} {i}"}], max_tokens=8,
-                    stream=True, stream_options={"include_usage": True}))
+                raw = c.chat.completions.with_raw_response.create(
+                    model="tiny-chat", messages=msgs, max_tokens=8, stream=True,
+                    stream_options={"include_usage": True}, extra_headers={"X-Request-Id": rid})
+                replica = raw.headers.get("x-gpufleet-replica")
+                chunks = list(raw.parse())
                 if not chunks or chunks[-1].usage is None or chunks[-1].usage.completion_tokens != 8:
                     raise RuntimeError("stream truncated")
             else:
-                r = c.chat.completions.create(model="tiny-chat", max_tokens=8,
-                                              messages=[{"role": "user", "content": f"w{worker} {i}"}])
+                raw = c.chat.completions.with_raw_response.create(
+                    model="tiny-chat", max_tokens=8, messages=msgs, extra_headers={"X-Request-Id": rid})
+                replica = raw.headers.get("x-gpufleet-replica")
+                r = raw.parse()
                 assert r.usage is not None and r.usage.completion_tokens == 8
-            res = Result(t0, time.time(), True)
+            res = Result(rid, t0, time.time(), True, replica=replica)
         except openai.APIConnectionError as e:
             refused = "Connection refused" in str(e.__cause__) or isinstance(e.__cause__, httpx.ConnectError)
-            res = Result(t0, time.time(), False, f"{type(e).__name__}: {e.__cause__ or e}", connect=refused)
+            res = Result(rid, t0, time.time(), False, f"{type(e).__name__}: {e.__cause__ or e}", connect=refused,
+                         replica=replica)
             if refused:
                 time.sleep(0.2)  # as a client would before trying again, not a busy loop of refusals
+        except openai.APIStatusError as e:
+            res = Result(rid, t0, time.time(), False, f"{type(e).__name__}: {e}",
+                         replica=e.response.headers.get("x-gpufleet-replica") or replica)
         except Exception as e:
-            res = Result(t0, time.time(), False, f"{type(e).__name__}: {e}")
+            res = Result(rid, t0, time.time(), False, f"{type(e).__name__}: {e}", replica=replica)
         with run.lock:
             run.results.append(res)
 
@@ -121,18 +139,37 @@ def live_gpu_holders(stack: LocalStack) -> dict[str, list[str]]:
 
 
 def monitor(stack: LocalStack, run: Run, stop: threading.Event, restarting: threading.Event) -> None:
+    """GPU holders, the tick's liveness, and what the verdict needs (replica addresses, events), every 0.25 s.
+    A /status that does not answer is a stall as long as the time since the last tick it did report; an error
+    in here is recorded and fails the test (a monitor that died would otherwise see nothing)."""
+    last_tick: float | None = None
     while not stop.is_set():
-        for g, holders in live_gpu_holders(stack).items():
-            if len(holders) > 1:
-                run.gpu_conflicts.append(f"{time.time():.1f}: {g} held by {holders}")
-        if not restarting.is_set() and stack.proc is not None and stack.proc.poll() is None:
-            try:
-                st = stack.admin_get("/status", timeout=2).json()
-                if st.get("last_tick_at") and not restarting.is_set():
-                    run.stalls.append(time.time() - st["last_tick_at"])
-            except httpx.HTTPError:
-                if not restarting.is_set():
-                    run.stalls.append(2.0)  # no answer in 2 s: a stall of at least that
+        try:
+            for g, holders in live_gpu_holders(stack).items():
+                if len(holders) > 1:
+                    run.gpu_conflicts.append(f"{time.time():.1f}: {g} held by {holders}")
+            if restarting.is_set() or stack.proc is None or stack.proc.poll() is not None:
+                last_tick = None  # a new autoscaler: its own first tick starts the clock again
+            else:
+                try:
+                    r = stack.admin_get("/status", timeout=2)
+                    r.raise_for_status()
+                    st = r.json()
+                    reps = st["pools"]["chat"]["replicas"]
+                    for rep in reps:
+                        run.replica_at.saw(rep["upstream"], rep["id"], rep["created_at"])
+                    run.serving.saw(st["time"], [r["id"] for r in reps if r["role"] == "active" and r["ready"]])
+                    for e in st["events"]:
+                        run.events[(e["t"], e["kind"], e.get("replica"))] = e
+                    if st.get("last_tick_at"):
+                        last_tick = st["last_tick_at"]
+                    if last_tick is not None and not restarting.is_set():
+                        run.stalls.append(time.time() - last_tick)
+                except (httpx.HTTPError, ValueError, KeyError):
+                    if last_tick is not None and not restarting.is_set():
+                        run.stalls.append(time.time() - last_tick)  # no answer: stalled for all of it
+        except Exception as e:  # noqa: BLE001 (recorded: the test fails on it)
+            run.monitor_errors.append(f"{type(e).__name__}: {e}")
         time.sleep(0.25)
 
 
@@ -176,16 +213,22 @@ def inject(kind: str, stack: LocalStack, run: Run, rng: random.Random, restartin
     return fault
 
 
-def explained(r: Result, run: Run) -> str | None:
-    """Why a failed request was allowed to fail, or None."""
-    for f in run.faults:
-        on_replica = f["kind"] in ("kill_replica", "stop_replica", "poison_metrics") and "replica" in f
-        if on_replica and r.t0 <= f["t"] + REPLICA_FAULT_WINDOW_S and r.t1 >= f["t"] and not r.connect:
-            return f"in flight on {f['kind']} {f['replica']}"
-    for a, b in run.gateway_down:
-        if r.connect and a - 0.5 <= r.t1 <= b + 1.0:
-            return "refused while nginx restarted"
-    return None
+def verdict(run: Run, log_lines: list[str]) -> evidence.Verdict:
+    """Each failed request against the evidence: which replica served it (its response, or nginx's access log
+    line by its request id) and the fault injected on exactly that replica; or a refused connection while
+    nginx itself restarted. At most CAP_PER_FAULT requests excused by one fault."""
+    unrouted: dict[str, float] = {}
+    stopped: dict[str, float] = {}
+    for e in sorted(run.events.values(), key=lambda e: e["t"]):
+        if e["kind"] == "unrouted" and e.get("replica"):
+            unrouted.setdefault(e["replica"], e["t"])
+        if e["kind"] == "stop" and e.get("replica"):
+            stopped.setdefault(e["replica"], e["t"])
+    failures = [evidence.Failure(r.rid, r.t0, r.t1, r.error, refused=r.connect, replica=r.replica)
+                for r in run.results if not r.ok]
+    return evidence.judge(failures, [f for f in run.faults if "skipped" not in f], run.replica_at, unrouted,
+                          run.gateway_down, evidence.access_log(log_lines), cap=CAP_PER_FAULT, stopped_at=stopped,
+                          serving=run.serving)
 
 
 def test_steady_traffic_through_a_seeded_schedule_of_faults(local_stack, tmp_path):
@@ -215,8 +258,7 @@ def test_steady_traffic_through_a_seeded_schedule_of_faults(local_stack, tmp_pat
     duration = time.time() - started
 
     failed = [r for r in run.results if not r.ok]
-    why = {id(r): explained(r, run) for r in failed}
-    unexplained = [f"{r.t0 - started:.1f}-{r.t1 - started:.1f}s {r.error}" for r in failed if why[id(r)] is None]
+    v = verdict(run, (stack.run_dir / "nginx-access.log").read_text().splitlines())
     by_kind: dict[str, int] = {}
     for f in run.faults:
         if "skipped" not in f:
@@ -225,9 +267,11 @@ def test_steady_traffic_through_a_seeded_schedule_of_faults(local_stack, tmp_pat
         "seed": SEED, "duration_s": round(duration, 1), "faults": by_kind,
         "poisons": [f["poison"] for f in run.faults if "poison" in f],
         "requests": len(run.results), "failed": len(failed),
-        "failed_in_flight_on_a_faulted_replica": sum(1 for w in why.values() if w and w.startswith("in flight")),
-        "failed_refused_while_nginx_restarted": sum(1 for w in why.values() if w and w.startswith("refused")),
-        "unexplained": len(unexplained), "gpu_conflicts": len(run.gpu_conflicts),
+        "failed_on_a_faulted_replica": sum(len(x) for k, x in v.excused.items() if not k.startswith("restart_")),
+        "failed_refused_while_nginx_restarted": sum(len(x) for k, x in v.excused.items()
+                                                    if k.startswith("restart_gateway")),
+        "excused_by_fault": {k: len(x) for k, x in v.excused.items()},
+        "unexplained": len(v.unexplained), "gpu_conflicts": len(run.gpu_conflicts),
         "max_tick_stall_s": round(max(run.stalls, default=0.0), 3), "status_polls": len(run.stalls),
         "autoscaler_restart_s": [round(b - a, 2) for a, b in run.down],
         "gateway_restart_s": [round(b - a, 2) for a, b in run.gateway_down],
@@ -243,7 +287,10 @@ def test_steady_traffic_through_a_seeded_schedule_of_faults(local_stack, tmp_pat
 
     assert set(by_kind) == set(KINDS), f"every kind of fault was injected: {by_kind}"
     assert len(run.results) > 100, "steady traffic ran all along"
-    assert not unexplained, f"{len(unexplained)} requests failed with no fault to explain them: {unexplained[:10]}"
+    assert not run.monitor_errors, run.monitor_errors[:5]
+    assert all(not th.is_alive() for th in threads), "a traffic or monitor thread outlived the run"
+    assert not v.unexplained, f"{len(v.unexplained)} failed with no fault to explain them: {v.unexplained[:10]}"
+    assert not v.over_cap, f"faults that would excuse more than {CAP_PER_FAULT} requests each: {v.over_cap}"
     assert not run.gpu_conflicts, run.gpu_conflicts[:5]
     assert run.stalls and max(run.stalls) <= MAX_STALL_S, f"the tick stalled {max(run.stalls):.1f}s"
     # poisoned replicas were found out and retired
@@ -287,3 +334,26 @@ def test_autoscaler_restarted_inside_a_stop_grace_finishes_the_stop_and_reuses_t
     assert new["id"] != old["id"] and new["gpus"] == ["vslot0"]
     assert [e["replica"] for e in stack.events("stop_resumed")] == [old["id"]]
     assert not conflicts, f"vslot0 had two live holders: {conflicts[:3]}"
+
+
+def test_a_killed_replica_the_autoscaler_has_not_seen_yet_costs_no_request(local_stack):
+    """The gateway's own retry, by cause: the autoscaler is frozen (it cannot remove the replica from nginx),
+    one of two serving replicas is SIGKILLed, and requests keep coming. nginx's connect to the dead one is
+    refused, and it retries on the other (no byte was sent, so nothing can be duplicated): none fails."""
+    stack = local_stack(chaos_config(min_replicas=2, max_replicas=2, warm_pool={"min": 0, "max": 0}), active=2)
+    wait_for(lambda: len(active_replicas(stack)) == 2 and stack.gateway_serves(), 30, "two replicas routed")
+    victim = active_replicas(stack)[0]["id"]
+    assert stack.proc is not None
+    os.kill(stack.proc.pid, signal.SIGSTOP)
+    try:
+        os.kill(stack.replica_pid(victim), signal.SIGKILL)
+        c = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="x", max_retries=0, timeout=30)
+        answers = []
+        for i in range(20):
+            raw = c.chat.completions.with_raw_response.create(
+                model="tiny-chat", max_tokens=4, messages=[{"role": "user", "content": f"r{i}"}])
+            answers.append((raw.http_response.status_code, raw.headers.get("x-gpufleet-replica")))
+    finally:
+        os.kill(stack.proc.pid, signal.SIGCONT)
+    assert all(status == 200 for status, _ in answers), answers
+    assert victim not in {rep for _, rep in answers}, answers

@@ -20,7 +20,9 @@ import yaml
 
 from tests.helpers import ROOT, free_port, wait_for
 
-PROJECT = "gpufleet-e2e"
+# a project of its own per run: nothing here depends on a name an earlier (or parallel) run also used
+PROJECT_PREFIX = "gpufleet-e2e"
+PROJECT = f"{PROJECT_PREFIX}-{os.getpid()}"
 IMAGES = ("gpufleet/app:latest", "gpufleet/nginx:latest", "gpufleet/prometheus:latest",
           "gpufleet/llamacpp:latest")
 _SKIPPED: list[str] = []
@@ -154,6 +156,22 @@ class ComposeStack:
         return self.compose("logs", "--no-color", "--tail", "80", check=False).stdout
 
 
+def sweep_old_stacks() -> None:
+    """Stacks earlier runs left (a run killed before its teardown): their containers, networks, volumes."""
+    r = subprocess.run(["docker", "ps", "-a", "--format", '{{.Label "com.docker.compose.project"}}'],
+                       capture_output=True, text=True)
+    for old in sorted({p for p in r.stdout.split() if p.startswith(PROJECT_PREFIX) and p != PROJECT}):
+        ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={old}"],
+                             capture_output=True, text=True).stdout.split()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+        for kind in ("network", "volume"):
+            names = subprocess.run(["docker", kind, "ls", "-q", "--filter", f"label=com.docker.compose.project={old}"],
+                                   capture_output=True, text=True).stdout.split()
+            if names:
+                subprocess.run(["docker", kind, "rm", *names], capture_output=True)
+
+
 def ensure_images() -> None:
     missing = [i for i in IMAGES if subprocess.run(["docker", "image", "inspect", i], capture_output=True).returncode]
     if missing:
@@ -166,8 +184,8 @@ def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeS
     if problem:
         pytest.fail(f"GPUFLEET_REQUIRE_E2E is set but {problem}")
     ensure_images()
+    sweep_old_stacks()
     stack = ComposeStack(tmp_path_factory.mktemp("compose"))
-    stack.compose("down", "--remove-orphans", "-v", check=False)
     t0 = time.monotonic()
     stack.compose("up", "-d", "--no-build")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,11 +56,15 @@ def _report() -> Iterator[None]:
     yield
     if os.environ.get("GPUFLEET_FUZZ_REPORT"):
         Path(os.environ["GPUFLEET_FUZZ_REPORT"]).write_text(json.dumps(CASES, indent=1, sort_keys=True))
+    # a fuzz run that never got past the input checks proved nothing about what serves
+    for target, by in CASES.items():
+        assert by.get("2xx", 0) >= 5, f"the {target} fuzz reached too few successful answers: {by}"
 
 
 def _fuzz(case: Any, url: str, target: str) -> None:
     # Most generated model names are unknown (404 at the gateway): half of the cases go to the real one.
-    if isinstance(case.body, dict) and "model" in case.body and hash(repr(case.body)) % 2:
+    # crc32, not hash(): the same cases on every run (hash() of a str is salted per process)
+    if isinstance(case.body, dict) and "model" in case.body and zlib.crc32(repr(case.body).encode()) % 2:
         case.body["model"] = MODEL
     resp = case.call_and_validate(base_url=url, checks=[not_a_server_error], timeout=30)
     by = CASES.setdefault(target, {})
@@ -69,7 +74,8 @@ def _fuzz(case: Any, url: str, target: str) -> None:
         assert err["message"] and err["type"], resp.text
 
 
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+# derandomize: the same generated cases every run, so a failure found once is found again
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
 
 @schema.parametrize()
