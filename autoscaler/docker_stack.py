@@ -194,6 +194,7 @@ async def run_docker(cfg: FleetConfig) -> None:
     gateway = Gateway(NGINX_DIR, g, nginx.validate, nginx.reload, nginx.probe,
                       main_conf=lambda: docker_nginx_conf(client_max_body_size=g.client_max_body_size,
                                                           worker_shutdown_timeout=g.worker_shutdown_timeout_s,
+                                                          client_keepalive_s=g.client_keepalive_s,
                                                           activator=act.enabled,
                                                           edge_log=g.edge_log_port is not None,
                                                           stub_status=g.status_port is not None,

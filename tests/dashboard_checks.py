@@ -49,3 +49,12 @@ def annotation_mismatches(prom_url: str, w: Window, events: list[dict[str, Any]]
             if returned - happened:
                 problems.append(f"{d['title']} / {name}: not events of this run {sorted(returned - happened)}")
     return problems
+
+
+def evaluated_after(prom: str, t: float) -> bool:
+    """Prometheus has evaluated the recording rules on scrapes taken after t (instead of sleeping for it)."""
+    import httpx
+
+    r = httpx.get(f"{prom}/api/v1/query", params={"query": "min(timestamp(gpufleet:replicas:by_role))"}, timeout=5)
+    res = r.json()["data"]["result"]
+    return bool(res) and float(res[0]["value"][1]) >= t

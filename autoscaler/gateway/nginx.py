@@ -290,7 +290,8 @@ DOCKER_ACTIVATOR = "autoscaler:8182"  # the compose service, resolved by Docker'
 
 
 def docker_nginx_conf(port: int = 8080, client_max_body_size: str = "1m", worker_shutdown_timeout: int = 240,
-                      activator: bool = True, edge_log: bool = True, stub_status: bool = True,
+                      client_keepalive_s: int = 0, activator: bool = True, edge_log: bool = True,
+                      stub_status: bool = True,
                       gateway_secret: str | None = None) -> str:
     """The gateway's nginx.conf in Docker: the same template as the local stack, container paths. The image
     carries it rendered with the defaults; the autoscaler renders it again from fleet.yaml."""
@@ -299,7 +300,7 @@ def docker_nginx_conf(port: int = 8080, client_max_body_size: str = "1m", worker
         worker_processes="auto", run_dir="/var/run/gpufleet-nginx", conf_dir=DOCKER_CONF_DIR, foreground=False,
         worker_shutdown_timeout=worker_shutdown_timeout, access_log="/dev/stdout gpufleet", listen="0.0.0.0",
         error_log="/dev/stderr",
-        port=port, client_max_body_size=client_max_body_size,
+        port=port, client_max_body_size=client_max_body_size, client_keepalive_s=client_keepalive_s,
         activator=DOCKER_ACTIVATOR if activator else None, resolver="127.0.0.11",
         edge_log=f"unix:{DOCKER_CONF_DIR}/{EDGE_SOCKET_NAME}" if edge_log else None,
         stub_status=f"0.0.0.0:{DOCKER_STATUS_PORT}" if stub_status else None, gateway_secret=gateway_secret,
@@ -389,6 +390,7 @@ class LocalNginx:
             listen=self.cfg.listen_host,
             port=self.cfg.port,
             client_max_body_size=self.cfg.client_max_body_size,
+            client_keepalive_s=self.cfg.client_keepalive_s,
             activator=self.activator, resolver=None, edge_log=self.edge_log,
             stub_status=f"127.0.0.1:{self.cfg.status_port}" if self.cfg.status_port else None,
             gateway_secret=self.secret,

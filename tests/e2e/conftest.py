@@ -8,6 +8,7 @@ engine fails instead.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import time
@@ -46,10 +47,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     # the one test that takes the shared stack down runs after every other e2e test, whichever file it is in,
     # and before the rest of the suite (which should not share the 2 cores with an idle stack)
-    last = [i for i in items if i.name == "test_compose_down_leaves_no_container"]
-    rest = [i for i in items if i not in last]
-    cut = max((n for n, i in enumerate(rest) if "tests/e2e/" in str(i.fspath)), default=len(rest) - 1) + 1
-    items[:] = rest[:cut] + last + rest[cut:]
+    # (an optimisation, not a dependency: GPUFLEET_E2E_SHUFFLE=<seed> runs the e2e tests in a shuffled order,
+    # the one that takes the stack down included, to show that no test leans on what an earlier one left)
+    seed = os.environ.get("GPUFLEET_E2E_SHUFFLE")
+    if seed:
+        shuffled = list(e2e)
+        random.Random(seed).shuffle(shuffled)
+        slots = iter(shuffled)
+        items[:] = [next(slots) if i in e2e else i for i in items]
+    else:
+        last = [i for i in items if i.name == "test_compose_down_leaves_no_container"]
+        rest = [i for i in items if i not in last]
+        cut = max((n for n, i in enumerate(rest) if "tests/e2e/" in str(i.fspath)), default=len(rest) - 1) + 1
+        items[:] = rest[:cut] + last + rest[cut:]
     problem = docker_problem()
     if problem is None:
         return
@@ -152,6 +162,24 @@ class ComposeStack:
     def active(self) -> list[dict]:
         return [r for r in self.status()["pools"]["chat"]["replicas"] if r["role"] == "active" and r["ready"]]
 
+    def at_baseline(self) -> bool:
+        """Every pool at min_replicas active and its warm minimum, all ready, nothing starting or draining."""
+        try:
+            pools = self.status()["pools"]
+        except (httpx.HTTPError, ValueError):
+            return False
+        want = {"chat": {"active": 1, "warm": 1}, "llama": {"active": 1, "warm": 1}, "tp2": {}}
+        for name, roles in want.items():
+            reps = pools.get(name, {}).get("replicas", [])
+            have: dict[str, int] = {}
+            for r in reps:
+                if not r["ready"]:
+                    return False
+                have[r["role"]] = have.get(r["role"], 0) + 1
+            if have != roles:
+                return False
+        return True
+
     def logs(self) -> str:
         return self.compose("logs", "--no-color", "--tail", "80", check=False).stdout
 
@@ -179,7 +207,7 @@ def ensure_images() -> None:
 
 
 @pytest.fixture(scope="session")
-def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
+def _shared_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
     problem = docker_problem()
     if problem:
         pytest.fail(f"GPUFLEET_REQUIRE_E2E is set but {problem}")
@@ -209,3 +237,25 @@ def compose_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeS
     print(f"\nFIGURES docker: up -d to first served request {stack.up_to_first_served_s:.1f}s")
     yield stack
     stack.compose("down", "-v", check=False, timeout=180)
+
+
+@pytest.fixture
+def compose_stack(_shared_stack: ComposeStack) -> ComposeStack:
+    """The shared stack, brought back to the state every test starts from, whatever ran before it.
+
+    The order the collection hook sets (the test that takes the stack down last) saves a second `up`; no test
+    depends on it: a stack that is down is brought up again, and the fleet is waited back to its minimum.
+    """
+    stack = _shared_stack
+    if not stack.containers("com.docker.compose.service=autoscaler", all_=False):
+        stack.compose("up", "-d", "--no-build")
+        wait_for(lambda: httpx.get(f"{stack.url}/health", timeout=2).status_code == 200, 180,
+                 "the gateway listening again", interval=0.2)
+        stack.read_credentials()  # `down -v` took the volumes that held the old ones
+    try:
+        wait_for(lambda: stack.at_baseline(), 180, "the fleet back at its minimum (a replica active, one warm, "
+                 "nothing starting or draining)", interval=0.5)
+    except AssertionError:
+        print(stack.logs())
+        raise
+    return stack

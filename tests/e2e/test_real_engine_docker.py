@@ -94,14 +94,19 @@ DEVICE_PROBE = textwrap.dedent(r"""
 
 def test_a_two_gpu_placement_is_exactly_the_device_request_docker_stores_and_nothing_wider(compose_stack):
     assert compose_stack.status()["pools"]["tp2"]["engine"]["name"] == "sim"  # the fleet the proxy reads
-    r = subprocess.run(["docker", "run", "--rm", "--network", f"{PROJECT}_docker-api", "-v", f"{ROOT}:/src:ro",
-                        "-w", "/src", "-e", "PYTHONPATH=/src", "--user", "65534:65534", "gpufleet/app:latest",
-                        "python", "-c", DEVICE_PROBE % {"project": PROJECT}],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = json.loads(r.stdout.strip().splitlines()[-1])
-    cid = out["created"]
+    # the autoscaler, paused: the container the probe makes is a tp2 replica it never asked for, and it would
+    # remove it (rightly) before Docker's record of it is read
+    autoscaler = f"{PROJECT}-autoscaler-1"
+    subprocess.run(["docker", "pause", autoscaler], check=True, capture_output=True)
+    cid = ""
     try:
+        r = subprocess.run(["docker", "run", "--rm", "--network", f"{PROJECT}_docker-api", "-v", f"{ROOT}:/src:ro",
+                            "-w", "/src", "-e", "PYTHONPATH=/src", "--user", "65534:65534", "gpufleet/app:latest",
+                            "python", "-c", DEVICE_PROBE % {"project": PROJECT}],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        cid = out["created"]
         stored = json.loads(subprocess.run(["docker", "inspect", cid], capture_output=True, text=True,
                                            check=True).stdout)[0]
         # the allocator chose an NVLink pair of the H100 box; Docker stored exactly those two GPUs, the "gpu"
@@ -113,7 +118,9 @@ def test_a_two_gpu_placement_is_exactly_the_device_request_docker_stores_and_not
         assert f"CUDA_VISIBLE_DEVICES={','.join(out['placed'])}" in stored["Config"]["Env"]
         assert stored["HostConfig"]["CapDrop"] == ["ALL"] and not stored["HostConfig"]["Privileged"]
     finally:
-        subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
+        if cid:
+            subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
+        subprocess.run(["docker", "unpause", autoscaler], check=True, capture_output=True)
     # wider than the fleet allows (its largest replica holds 2 GPUs; GPUs are named, never counted): refused
     assert out["three"] == 403 and out["not-a-uuid"] == 403 and out["all-gpus"] == 403, out
 

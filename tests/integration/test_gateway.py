@@ -92,6 +92,7 @@ def test_broken_template_or_rejected_config_never_interrupts_serving(local_stack
     good_conf = (stack.run_dir / "nginx" / "upstreams.conf").read_text()
 
     errors: list[str] = []
+    answered = [0]
     halt = threading.Event()
 
     def traffic() -> None:
@@ -102,6 +103,7 @@ def test_broken_template_or_rejected_config_never_interrupts_serving(local_stack
                                json={"model": "tiny-chat", "prompt": "x", "max_tokens": 2})
                     if r.status_code != 200:
                         errors.append(f"{r.status_code} {r.text[:200]}")
+                    answered[0] += 1
                 except httpx.HTTPError as e:
                     errors.append(repr(e))
                 time.sleep(0.05)
@@ -120,7 +122,8 @@ def test_broken_template_or_rejected_config_never_interrupts_serving(local_stack
         wait_for(lambda: stack.status()["gateway"]["errors"] > n, 10, "nginx -t rejection counted")
         assert "nginx -t rejected" in stack.status()["gateway"]["last_error"]
         assert (stack.run_dir / "nginx" / "upstreams.conf").read_text() == good_conf, "last good kept"
-        time.sleep(2)
+        n = answered[0]  # still served after the rejection, on the last good config
+        wait_for(lambda: answered[0] >= n + 10, 20, "ten more answers after the rejected config")
     finally:
         halt.set()
         t.join()
@@ -142,7 +145,7 @@ def test_autoscaler_killed_hard_adopts_its_fleet_on_restart(local_stack):
     for rid in before:
         os.kill(stack.replica_pid(rid), 0)
     stack.start(active=2)
-    time.sleep(3)
+    wait_for(lambda: stack.status()["ticks"] >= 3, 20, "the restarted autoscaler's first three ticks")
     after = {r["id"]: r["role"] for r in stack.replicas()}
     assert after == before, f"restart changed the fleet: {before} -> {after}"
     starts = [e for e in stack.events("start")]

@@ -72,7 +72,8 @@ def test_a_burst_on_the_high_priority_pool_reclaims_gpus_by_drain_without_a_fail
             wait_for(lambda: stack.pool("high")["unmet"] >= 1 and stack.pool("low")["unmet"] >= 1, 15,
                      "unmet demand in /status")
             metrics = stack.admin_get("/metrics").text
-            time.sleep(2)
+            n = len(high_load.answers)  # the high pool keeps being served at its new size
+            wait_for(lambda: len(high_load.answers) >= n + 6, 30, "six more answers from the high pool")
     assert ev[0]["from_pool"] == "low" and ev[0]["for_pool"] == "high" and ev[0]["how"] == "drain", ev
     assert 'gpufleet_pool_unmet_replicas{pool="high"}' in metrics
     assert 'gpufleet_events_total{kind="reclaim",pool="high"}' in metrics
@@ -106,7 +107,8 @@ def test_a_replica_in_the_only_nvlink_pair_moves_so_a_2_gpu_replica_fits(local_s
     with Watch(stack) as watch, Clients(stack.url, 2, "small-chat") as load:
         mv = wait_for(lambda: [e for e in stack.events("move") if e["pool"] == "large"], 30, "a move")
         reps = wait_for(lambda: stack.replicas("large", role="active", ready=True), 45, "the 2-GPU replica")
-        time.sleep(1)
+        n = len(load.answers)  # small still answers after the move
+        wait_for(lambda: len(load.answers) >= n + 2, 30, "two more answers from the small pool")
     assert mv[0]["replica"] == left.id and mv[0]["from_pool"] == "small"
     assert reps[0]["gpus"] == ["GPU0", "GPU1"]
     now_small = stack.replicas("small", role="active")

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from autoscaler.dashboards.render import Window
-from tests.dashboard_checks import annotation_mismatches, empty_panels
+from tests.dashboard_checks import annotation_mismatches, empty_panels, evaluated_after
 from tests.helpers import ROOT, require_host_binaries, sim_pool, wait_for
 
 
@@ -64,8 +64,9 @@ def test_every_panel_and_annotation_has_the_runs_data_and_the_pngs_render(local_
     wait_for(lambda: len(stack.replicas(role="active")) == 1 and bool(stack.events("stop")), 90,
              "the pool to scale back down")
     settled = time.time()
-    time.sleep(6)  # three scrapes and a rule evaluation after the last event we require
     prom = f"http://127.0.0.1:{stack.prom_port}"
+    # two scrapes (2 s) and a rule evaluation after the last event we require
+    wait_for(lambda: evaluated_after(prom, settled + 4), 30, "the rules evaluated on scrapes after the run")
     w = Window(start, time.time(), step=2, scrape_s=2)
     kinds = {e["kind"] for e in stack.events() if e["t"] >= start}
     assert {"start", "activate", "drain", "stop", "panic"} <= kinds, f"the run should scale both ways: {kinds}"

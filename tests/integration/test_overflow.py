@@ -35,7 +35,7 @@ def test_saturation_overflows_capped_then_stops_when_the_pool_caught_up(local_st
         wait_for(lambda: len(stack.replicas("large", role="active", ready=True)) == 2, 30, "a 2nd large replica")
         wait_for(lambda: not stack.pool("large")["saturated"], 20, "saturation over")
         caught_up = time.monotonic() + 3  # the reload and the last overflowed answers
-        time.sleep(8)
+        wait_for(lambda: len(load.since(caught_up)) >= 10, 40, "ten answers sent after the saturation ended")
     after = load.since(caught_up)  # every request sent since, answered
     assert len(after) >= 10, "the clients kept sending"
     assert {a.model for a in after} == {"big-chat"}, [a.route for a in after if a.model != "big-chat"][:5]

@@ -68,8 +68,9 @@ def test_the_first_request_as_soon_as_the_gateway_listens_is_served(tmp_path):
 
 def test_idle_pool_goes_to_zero_then_a_burst_of_20_is_all_served(local_stack):
     stack = local_stack({"pools": [zero_pool()]}, active=0)
-    # nothing asked yet: min_replicas 0 starts nothing
-    time.sleep(2)
+    # nothing asked yet: min_replicas 0 starts nothing, however many ticks the loop has made
+    ticks = stack.status()["ticks"]
+    wait_for(lambda: stack.status()["ticks"] >= ticks + 3, 20, "three more ticks")
     assert stack.replicas("chat") == []
     ok, err = ask(stack.url, 0, stream=True)
     assert ok, err
