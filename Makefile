@@ -7,7 +7,7 @@ OFFLINE ?=
 SCENARIO ?= default
 COMPOSE := docker compose -f compose/compose.yaml $(if $(OFFLINE),-f compose/compose.offline.yaml)
 
-.PHONY: need-docker need-compose install test test-unit test-e2e test-chaos lint up down up-local offline-images scale-test simulate dashboards bench clean llama-server cpu-real-engine gpu-check
+.PHONY: need-docker need-compose install test test-unit test-e2e test-chaos lint typecheck up down up-local offline-images scale-test simulate dashboards bench clean llama-server cpu-real-engine gpu-check
 
 # Every target that runs Python makes (or brings up to date) the virtual environment first:
 # nothing to remember from a previous step. The stamp is newer than pyproject.toml once installed.
@@ -29,6 +29,11 @@ test-unit: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# mypy --strict over autoscaler/ and inference/ ([tool.mypy] in pyproject.toml); a `type: ignore` fails it too
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+	@! grep -rn "type: *ignore" autoscaler inference || { echo "typecheck: no type: ignore in the packages"; exit 1; }
 
 test-e2e: $(STAMP)
 	$(PY) -m pytest tests/e2e

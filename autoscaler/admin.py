@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -18,14 +18,17 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
+from prometheus_client.utils import floatToGoString as _untyped_go_float
 
 from autoscaler.controller import Controller
 from autoscaler.gateway.edge import EdgeStats
 from autoscaler.gpus.telemetry import dcgm_metrics
 from autoscaler.gpus.topology import topology_to_json
-from autoscaler.reconcile import SCALE_EVENTS
+from autoscaler.loop.actions import SCALE_EVENTS
 from autoscaler.runtime.base import ROLES
+
+# prometheus_client's own spelling of a float (as in a bucket's `le`), typed: the library's function is not
+_go_float: Callable[[float], str] = _untyped_go_float
 
 
 class FleetCollector(Collector):
@@ -142,7 +145,7 @@ class FleetCollector(Collector):
                 if not d or not any(n == name for n, _, _ in d.signals):
                     target.add_metric([p.name, name], float(tgt))
             # prometheus_client's (and vLLM's) spelling of the bound, so the label matches the bucket's
-            slo.add_metric([p.name, floatToGoString(p.slo.ttft_s)], 1.0)
+            slo.add_metric([p.name, _go_float(p.slo.ttft_s)], 1.0)
             slo_s.add_metric([p.name], p.slo.ttft_s)
             objective.add_metric([p.name], p.slo.objective)
         decisions = CounterMetricFamily("gpufleet_scale_decisions", "Changes of a pool's desired replicas, by "
@@ -216,7 +219,8 @@ def create_admin_app(controller: Controller, token: str | None = None, edge: Edg
                                           f"Bearer {token}".encode("utf-8", "surrogateescape")):
                 return JSONResponse({"error": {"message": "missing or wrong admin token",
                                                "type": "authentication_error"}}, status_code=401)
-        return await call_next(request)
+        response: Response = await call_next(request)
+        return response
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

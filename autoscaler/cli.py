@@ -9,9 +9,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from autoscaler.config import ConfigError, load_config
+from autoscaler.config import ConfigError, FleetConfig, load_config
+
+if TYPE_CHECKING:  # imported where used: the CLI starts without them
+    from autoscaler.scaletest.scenario import Scenario
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -247,23 +250,23 @@ def _dashboards(args: argparse.Namespace) -> int:
     return 0 if not empty else 3
 
 
-def _trace_scenario(path: Path, cfg: object, args: argparse.Namespace) -> tuple[object, Path]:
+def _trace_scenario(path: Path, cfg: FleetConfig, args: argparse.Namespace) -> tuple[Scenario, Path]:
     """A trace file given as is: replay it whole, at its own times, lengths capped to the model's context."""
     from autoscaler.scaletest.scenario import Scenario
     from autoscaler.scaletest.traces import load_trace
     from autoscaler.sim.run import pool_profile
 
-    pool = cfg.pool(args.pool) if args.pool else cfg.pools[0]  # type: ignore[attr-defined]
+    pool = cfg.pool(args.pool) if args.pool else cfg.pools[0]
     ctx = pool_profile(pool).max_model_len
     reqs = load_trace(path)
     if not reqs:
         raise ConfigError(f"{path}: no requests in the trace")
     out_cap = min(1000, ctx // 4)
-    sc = Scenario(name=path.stem, description=f"the trace {path.name}, replayed whole",
-                  duration_s=min(7200.0, reqs[-1].t + 1.0),
-                  profile={"type": "trace", "path": path.resolve()}, max_prompt_tokens=ctx - out_cap,
-                  max_output_tokens=out_cap, max_in_flight=4096,
-                  slo={"ttft_p95_s": args.slo_ttft, "e2e_p95_s": args.slo_e2e})
+    sc = Scenario.model_validate({
+        "name": path.stem, "description": f"the trace {path.name}, replayed whole",
+        "duration_s": min(7200.0, reqs[-1].t + 1.0), "profile": {"type": "trace", "path": path.resolve()},
+        "max_prompt_tokens": ctx - out_cap, "max_output_tokens": out_cap, "max_in_flight": 4096,
+        "slo": {"ttft_p95_s": args.slo_ttft, "e2e_p95_s": args.slo_e2e}})
     return sc, path.resolve().parent
 
 
@@ -320,7 +323,6 @@ def _simulate_streams(cfg: Any, sc: Any, base: Path, out: Path, args: argparse.N
     """A scenario of several models through the simulated fleet: each stream to the pool serving its model."""
     import json
 
-    from autoscaler.gateway.routing import routing_table
     from autoscaler.scaletest.report import summarize
     from autoscaler.scaletest.runner import Run, format_any, streams_summary, write_report
     from autoscaler.scaletest.scenario import arrivals
@@ -329,7 +331,7 @@ def _simulate_streams(cfg: Any, sc: Any, base: Path, out: Path, args: argparse.N
     if args.compare:
         raise ConfigError(f"scenario {sc.name}: --compare runs one pool's traffic against the baselines; "
                           "a scenario of several streams runs without it")
-    routes = routing_table(cfg)["routes"]
+    routes = cfg.routing_table()["routes"]
     subs = [sc.stream(i) for i in range(len(sc.streams))]
     missing = [s.model for s in subs if s.model not in routes]
     if missing:

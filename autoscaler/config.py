@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import re
 from dataclasses import replace
@@ -14,6 +13,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from autoscaler.engines import Engine, EngineName, MetricNames, resolve
+from autoscaler.gateway.routing import CHARS_PER_TOKEN, STATE_STALE_S
+from autoscaler.gateway.settings import GatewayConfig, Saturation, ip_or_localhost
+from autoscaler.gpus.settings import GpuConfig
 from inference.metrics import TTFT_BUCKETS
 
 SIGNALS = ("queue_depth", "concurrency", "kv_cache_usage", "ttft_p95_s", "request_rate")
@@ -126,27 +128,6 @@ class FallbackTarget(_Strict):
 
     pool: str
     max_tokens: int | None = Field(default=None, ge=1)
-
-
-class Saturation(_Strict):
-    """When a pool counts as saturated, so that new requests overflow to its fallback chain: waiting
-    requests per serving replica at or above `waiting_per_replica`. It stops overflowing once that has
-    fallen below `clear_below` (default: half of it) and at least `hold_s` have passed."""
-
-    waiting_per_replica: float = Field(gt=0)
-    clear_below: float | None = Field(default=None, ge=0)
-    hold_s: float = Field(default=5.0, ge=0)
-
-    @model_validator(mode="after")
-    def _order(self) -> Saturation:
-        if self.clear_below is not None and self.clear_below > self.waiting_per_replica:
-            raise ValueError(f"clear_below ({self.clear_below}) must be <= waiting_per_replica "
-                             f"({self.waiting_per_replica})")
-        return self
-
-    @property
-    def clear(self) -> float:
-        return self.waiting_per_replica / 2 if self.clear_below is None else self.clear_below
 
 
 class SloConfig(_Strict):
@@ -345,61 +326,9 @@ class PoolConfig(_Strict):
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _ip_or_localhost(v: str) -> str:
-    if v != "localhost":
-        try:
-            ipaddress.ip_address(v)
-        except ValueError:
-            raise ValueError(f"{v!r} is not an IP address (or 'localhost')") from None
-    return v
-
-
-class AuthConfig(_Strict):
-    """API keys at the gateway. On unless switched off; with no keys_file, the stack makes one on first
-    start (`api-keys.yaml` in its state directory) holding one generated key, shown once in the log."""
-
-    enabled: bool = True
-    keys_file: Path | None = None
-    # the whole gateway, whatever the key: what the host can take
-    global_requests_per_s: float = Field(default=1000, gt=0, le=1_000_000)
-    global_burst: int = Field(default=2000, ge=0, le=10_000_000)
-    global_concurrent: int = Field(default=4096, ge=1, le=1_000_000)
-
-
-class GatewayConfig(_Strict):
-    # listen and port: the local stack's; in Docker nginx listens on 8080 and compose publishes it
-    listen: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=1, le=65535)
-    reload_min_interval_s: float = Field(default=0.5, ge=0)
-    worker_shutdown_timeout_s: int = Field(default=240, ge=1, le=86400)
-    # How long a client's idle connection stays open between requests. 0 (the default): nginx answers every
-    # request with `Connection: close`. A reload closes each idle kept-alive connection of the old workers,
-    # and a client that sent its next request on one at that moment gets no answer at all (measured: 1 lost
-    # in 851 requests over 40 reloads); a request costs one more TCP handshake instead, small beside an LLM
-    # request. Raise it when a client's own retry covers that race (the openai SDK's default does).
-    client_keepalive_s: int = Field(default=0, ge=0, le=3600)
-    # nginx size syntax; these values are written into nginx.conf, so nothing else gets through
-    client_max_body_size: str = Field(default="1m", pattern=r"^[1-9][0-9]{0,8}[kKmMgG]?$")
-    upstream_template: Path | None = None  # override the packaged Jinja2 template
-    auth: AuthConfig = AuthConfig()
-    # nginx sends each access-log line to the autoscaler over UDP (syslog) on this port, on 127.0.0.1 (in
-    # Docker: a unix socket in the shared conf volume): the edge metrics. None: off.
-    edge_log_port: int | None = Field(default=8183, ge=1, le=65535)
-    # nginx's stub_status (connections) for prometheus-nginx-exporter, on 127.0.0.1 locally (8184 in Docker,
-    # on the compose network only). None: off.
-    status_port: int | None = Field(default=8184, ge=1, le=65535)
-
-    _listen = field_validator("listen")(_ip_or_localhost)
-
-    @property
-    def listen_host(self) -> str:
-        """As nginx's `listen` wants it: IPv6 in brackets."""
-        return f"[{self.listen}]" if ":" in self.listen else self.listen
-
-
 class AdminConfig(_Strict):
     host: str = "127.0.0.1"
-    _host = field_validator("host")(_ip_or_localhost)
+    _host = field_validator("host")(ip_or_localhost)
     port: int = Field(default=8181, ge=1, le=65535)
     token: str | None = None
 
@@ -411,28 +340,16 @@ class ActivatorConfig(_Strict):
     host: str = "127.0.0.1"  # the local stack's; in Docker it listens on the compose network
     port: int = Field(default=8182, ge=1, le=65535)
     keepalive_after_s: float = Field(default=5.0, ge=0)  # a held stream gets 200 and SSE comments after this
-    _host = field_validator("host")(_ip_or_localhost)
+    _host = field_validator("host")(ip_or_localhost)
 
 
 class PrometheusConfig(_Strict):
     enabled: bool = True
     listen: str = "127.0.0.1"
-    _listen = field_validator("listen")(_ip_or_localhost)
+    _listen = field_validator("listen")(ip_or_localhost)
     port: int = Field(default=9090, ge=1, le=65535)
     # the local stack runs Debian's prometheus-nginx-exporter here (127.0.0.1) when it is installed
     nginx_exporter_port: int = Field(default=9113, ge=1, le=65535)
-
-
-class GpuConfig(_Strict):
-    source: Literal["none", "nvml", "topology", "auto"] = "auto"
-    topology_file: Path | None = None
-    virtual_slots: int = Field(default=8, ge=1, le=256)
-
-    @model_validator(mode="after")
-    def _file(self) -> GpuConfig:
-        if self.source == "topology" and self.topology_file is None:
-            raise ValueError("source 'topology' needs topology_file")
-        return self
 
 
 _HEADER = re.compile(r"^[A-Za-z0-9-]{1,64}$")
@@ -531,6 +448,34 @@ class FleetConfig(_Strict):
 
     def pool(self, name: str) -> PoolConfig:
         return next(p for p in self.pools if p.name == name)
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """Every name a client may send as `model`: each pool's model and its aliases."""
+        return tuple(m for p in self.pools for m in (p.model, *p.aliases))
+
+    def routing_table(self) -> dict[str, Any]:
+        """The static part of the gateway's routes.js (gateway/routing.py says how njs applies it): models and
+        aliases, fallbacks with their caps, rules."""
+        routes: dict[str, str] = {}
+        for p in self.pools:
+            routes[p.model] = p.name
+            for a in p.aliases:
+                routes[a] = p.name
+        return {
+            "routes": routes,
+            "models": {p.name: p.model for p in self.pools},
+            "fallback": {p.name: [{"pool": f.pool, "max_tokens": f.max_tokens} for f in p.fallback]
+                         for p in self.pools if p.fallback},
+            "rules": [
+                {"name": r.name, "pool": r.pool, "models": list(r.match.models), "tiers": list(r.match.tiers),
+                 "headers": dict(r.match.headers), "over": r.match.prompt_tokens_over,
+                 "under": r.match.prompt_tokens_under}
+                for r in self.routing.rules
+            ],
+            "chars_per_token": CHARS_PER_TOKEN,
+            "state_stale_s": STATE_STALE_S,
+        }
 
 
 DEFAULT_CONFIG: dict[str, Any] = {

@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,8 +28,8 @@ from autoscaler.gateway.nginx import Gateway
 from autoscaler.gateway.render import PoolRoute
 from autoscaler.gpus.telemetry import GpuReading, SlotLoad, simulated_readings
 from autoscaler.gpus.topology import Topology
+from autoscaler.loop.actions import Action
 from autoscaler.reconcile import (
-    Action,
     GpuView,
     PoolState,
     Reconciled,
@@ -121,7 +121,7 @@ class Controller:
         # for /metrics: the GPUs' last readings, GPU-seconds held by (pool, role) and left idle, and the
         # scale decisions by (pool, direction, driver); counters since start
         self.gpu_readings: list[GpuReading] = []
-        self.gpu_seconds: Counter[tuple[str, str]] = Counter()
+        self.gpu_seconds: defaultdict[tuple[str, str], float] = defaultdict(float)
         self.idle_gpu_seconds = 0.0
         self.decisions: Counter[tuple[str, str, str]] = Counter()
         self._accounted_at: float | None = None  # monotonic
@@ -155,7 +155,7 @@ class Controller:
     # ---- observe -------------------------------------------------------------------------
 
     async def _get(self, url: str, timeout: float | None = None) -> tuple[int, str]:
-        async with self._http.stream("GET", url, **({"timeout": timeout} if timeout else {})) as resp:
+        async with self._http.stream("GET", url, timeout=timeout or httpx.USE_CLIENT_DEFAULT) as resp:
             body = bytearray()
             async for chunk in resp.aiter_bytes():
                 body += chunk
@@ -552,13 +552,14 @@ class Controller:
                 ],
             )
         g = self.gateway.stats
+        auth, api_keys = self.gateway.access_summary()
         return FleetStatus(
             gpus=self.gpu_status(), time=self.clock(), runtime=self.runtime.name, ticks=self.ticks, pools=pools,
             last_tick_at=self.last_tick_at, last_tick_s=self.tick_seconds[-1] if self.tick_seconds else None,
             tick_errors=self.tick_errors,
             gateway=GatewayStatus(reloads=g.reloads, errors=g.render_errors, last_error=g.last_error,
                                   last_reload_at=g.last_reload_at, last_reload_s=g.last_reload_s,
-                                  **self.gateway.access_summary()),
+                                  auth=auth, api_keys=api_keys),
             events=[EventStatus(**e) for e in list(self.events)[-200:]],
         )
 

@@ -75,11 +75,9 @@ def grafana_password(grafana_dir: Path, given: str | None = None) -> tuple[Path,
 def keys_source(cfg: FleetConfig, state_dir: Path) -> KeysSource:
     """What the gateway checks API keys against. Auth off is said loudly, at every start."""
     a = cfg.gateway.auth
-    limits = dict(global_requests_per_s=a.global_requests_per_s, global_burst=a.global_burst,
-                  global_concurrent=a.global_concurrent)
     if not a.enabled:
         log.warning("\n%s", AUTH_OFF_BANNER)
-        return KeysSource(False, None, **limits)  # type: ignore[arg-type]
+        return KeysSource(False, None, a.global_requests_per_s, a.global_burst, a.global_concurrent)
     path = a.keys_file
     if path is None:
         path = state_dir / KEYS_FILE
@@ -88,6 +86,6 @@ def keys_source(cfg: FleetConfig, state_dir: Path) -> KeysSource:
             log.warning("gateway API key `default` generated: in %s (mode 0600)",
                         path.with_name(path.stem + ".default-key"))
     try:
-        return KeysSource(True, path, **limits)  # type: ignore[arg-type]
+        return KeysSource(True, path, a.global_requests_per_s, a.global_burst, a.global_concurrent)
     except KeysError as e:
         raise ConfigError(f"gateway.auth.keys_file: {e}") from None

@@ -345,7 +345,7 @@ async def own_project(engine: httpx.AsyncClient) -> str:
         return env
     r = await engine.get(f"/containers/{socket.gethostname()}/json")
     r.raise_for_status()
-    project = (r.json().get("Config", {}).get("Labels") or {}).get("com.docker.compose.project")
+    project: str | None = (r.json().get("Config", {}).get("Labels") or {}).get("com.docker.compose.project")
     if not project:
         raise RuntimeError("the proxy is not a compose service: set GPUFLEET_PROJECT")
     return project

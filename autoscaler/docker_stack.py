@@ -23,17 +23,17 @@ import uvicorn
 
 from autoscaler.activator import Activator, create_activator_app
 from autoscaler.admin import AdminServer, create_admin_app
-from autoscaler.config import FleetConfig, GpuConfig
+from autoscaler.config import FleetConfig
 from autoscaler.controller import Controller
 from autoscaler.credentials import admin_token, gateway_secret, grafana_password, keys_source
 from autoscaler.gateway.edge import EdgeStats
 from autoscaler.gateway.edge import listen_unix as listen_edge_unix
 from autoscaler.gateway.nginx import EDGE_SOCKET_NAME, Gateway, docker_nginx_conf
 from autoscaler.gateway.render import initial_routes
-from autoscaler.gateway.routing import routing_table
 from autoscaler.gpus.nvml_agent import PORT as NVML_PORT
 from autoscaler.gpus.nvml_agent import NvmlAgent
 from autoscaler.gpus.placement import TopologyPlacer, make_placer
+from autoscaler.gpus.settings import GpuConfig
 from autoscaler.gpus.topology import Link, LinkKind, uniform_topology
 from autoscaler.prom_sd import TargetsWriter
 from autoscaler.runtime.docker import REPLICA_USER, DockerNginx, DockerRuntime
@@ -199,7 +199,7 @@ async def run_docker(cfg: FleetConfig) -> None:
                                                           edge_log=g.edge_log_port is not None,
                                                           stub_status=g.status_port is not None,
                                                           gateway_secret=secret),
-                      activator=act.enabled, keys=keys, routing=routing_table(cfg))
+                      activator=act.enabled, keys=keys, routing=cfg.routing_table())
     # Every pool's model, none serving: the gateway, even restarted before the first reload, sends their
     # requests to the activator (which forwards to replicas it is told of), never a 404. Overwriting what
     # an adopted nginx runs on is safe: the files count only at its next reload, which is the first update.
@@ -209,7 +209,7 @@ async def run_docker(cfg: FleetConfig) -> None:
                             secrets_dir=SECRETS_DIR, secrets_volume=f"{project}_replica-secrets")
     activator = Activator(cfg, secret=secret) if act.enabled else None
     controller = Controller(cfg, runtime, gateway, placer, TargetsWriter(TARGETS), activator=activator)
-    edge = EdgeStats.for_fleet(cfg) if g.edge_log_port else None
+    edge = EdgeStats(tuple(p.name for p in cfg.pools), cfg.model_names) if g.edge_log_port else None
     # the gateway's nginx sends its access log to a socket in the conf volume both mount
     edge_rx = await listen_edge_unix(edge, NGINX_DIR / EDGE_SOCKET_NAME) if edge else None
     admin = AdminServer(uvicorn.Config(create_admin_app(controller, token, edge), host=cfg.admin.host,

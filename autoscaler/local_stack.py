@@ -28,7 +28,6 @@ from autoscaler.gateway.edge import EdgeStats
 from autoscaler.gateway.edge import listen as listen_edge
 from autoscaler.gateway.nginx import Gateway, LocalNginx, atomic_write
 from autoscaler.gateway.render import initial_routes, packaged_template, render_template
-from autoscaler.gateway.routing import routing_table
 from autoscaler.gpus.placement import make_placer
 from autoscaler.prom_sd import TargetsWriter
 from autoscaler.runtime.local import LocalRuntime
@@ -160,7 +159,7 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
     nginx.render_main()
     adopted = nginx.adopt()
     gateway = Gateway(nginx.conf_dir, cfg.gateway, nginx.validate, nginx.reload, nginx.probe,
-                      activator=act.enabled, keys=keys, routing=routing_table(cfg),
+                      activator=act.enabled, keys=keys, routing=cfg.routing_table(),
                       state_dir=nginx.worker_state_dir())
     # adopted: nginx serves the fleet the files describe; the first update reloads it with today's
     gateway.write_initial(keep_existing=adopted, routes=initial_routes(cfg))
@@ -173,7 +172,7 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
                             TargetsWriter(run_dir / "prometheus" / "targets.json"), activator=activator)
     act_server = AdminServer(uvicorn.Config(create_activator_app(activator), host=act.host, port=act.port,
                                             log_level="warning", access_log=False)) if activator else None
-    edge = EdgeStats.for_fleet(cfg) if edge_port else None
+    edge = EdgeStats(tuple(p.name for p in cfg.pools), cfg.model_names) if edge_port else None
     admin = AdminServer(uvicorn.Config(create_admin_app(controller, token, edge),
                                         host=cfg.admin.host, port=cfg.admin.port,
                                         log_level="warning", access_log=False))
@@ -204,8 +203,9 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
         done, _ = await asyncio.wait({admin_task, loop_task, asyncio.create_task(stop.wait())},
                                      return_when=asyncio.FIRST_COMPLETED)
         for t in done:
-            if t.exception() is not None:
-                raise t.exception()  # type: ignore[misc]
+            failed = t.exception()
+            if failed is not None:
+                raise failed
         stop.set()
         await loop_task
         await watch_task

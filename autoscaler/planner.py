@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
+from autoscaler.loop.actions import Action
 from autoscaler.runtime.base import Role
-
-ActionKind = Literal["activate", "retarget", "start", "drain", "stop", "finish_drain"]
 
 
 @dataclass(frozen=True)
@@ -28,15 +26,8 @@ class ReplicaView:
     sleeping: bool = False  # a warm replica in sleep mode: activating it means waking it first
 
 
-@dataclass(frozen=True)
-class Action:
-    kind: ActionKind
-    replica: str | None = None  # None for "start"
-    role: Role | None = None  # target for start/retarget, new role for finish_drain
-    reason: str = ""
-
-
-def plan(desired_active: int, desired_warm: int, replicas: Sequence[ReplicaView]) -> list[Action]:
+def plan(pool: str, desired_active: int, desired_warm: int, replicas: Sequence[ReplicaView]) -> list[Action]:
+    """The pool's actions in the order they help most; starts carry no spec yet (reconcile places them)."""
     active = [r for r in replicas if r.role == "active"]
     # awake warm replicas first: they serve after a reload, a sleeper after its wake-up
     warm = sorted((r for r in replicas if r.role == "warm"), key=lambda r: (r.sleeping, r.created_at))
@@ -49,39 +40,41 @@ def plan(desired_active: int, desired_warm: int, replicas: Sequence[ReplicaView]
     need = desired_active - len(active)
     if need > 0:
         for r in warm[:need]:
-            out.append(Action("activate", r.id, "active", "scale-up: warm replica first"))
+            out.append(Action("activate", pool, r.id, role="active", reason="scale-up: warm replica first"))
         activated = min(need, len(warm))
         warm = warm[activated:]
         need -= activated
         # Replicas already loading for the warm pool are closer than new ones.
         need -= len(start_act)
         for r in start_warm[: max(need, 0)]:
-            out.append(Action("retarget", r.id, "active", "scale-up: loading replica will serve"))
+            out.append(Action("retarget", pool, r.id, role="starting", target="active",
+                              reason="scale-up: loading replica will serve"))
         moved = min(max(need, 0), len(start_warm))
         start_warm = start_warm[moved:]
         need -= moved
         for _ in range(max(need, 0)):
-            out.append(Action("start", None, "active", "scale-up: no warm replica left"))
+            out.append(Action("start", pool, role="active", reason="scale-up: no warm replica left"))
     else:
         surplus = -need
         # Loading replicas were going to add capacity: they go to the warm pool instead.
         for r in start_act:
-            out.append(Action("retarget", r.id, "warm", "demand fell while loading"))
+            out.append(Action("retarget", pool, r.id, role="starting", target="warm",
+                              reason="demand fell while loading"))
             start_warm.append(r)
         # Drain the least loaded, newest first: the cheapest to empty.
         victims = sorted(active, key=lambda r: (r.load, -r.created_at))[:surplus]
         for r in victims:
-            out.append(Action("drain", r.id, None, "scale-down: drain before stop"))
+            out.append(Action("drain", pool, r.id, role="draining", reason="scale-down: drain before stop"))
 
     have_warm = len(warm) + len(start_warm)
     if have_warm < desired_warm:
         for _ in range(desired_warm - have_warm):
-            out.append(Action("start", None, "warm", "refill the warm pool"))
+            out.append(Action("start", pool, role="warm", reason="refill the warm pool"))
     elif have_warm > desired_warm:
         # Stop what is still loading first, then the newest warm replicas.
         extra = [*reversed(start_warm), *reversed(warm)][: have_warm - desired_warm]
         for r in extra:
-            out.append(Action("stop", r.id, None, "warm pool above its size"))
+            out.append(Action("stop", pool, r.id, reason="warm pool above its size"))
     return out
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Generic, TypeVar
 
 from autoscaler.config import PoolConfig, RatePolicy, ScaleRules
 from autoscaler.signals import PoolSignals
@@ -53,13 +54,17 @@ class PolicyState:
     last_active_at: float | None = None  # the last tick with any request in the pool
 
 
+# the policy's own state: PolicyState for gpufleet's, each baseline its own (sim/baselines.py)
+S = TypeVar("S")
+
+
 @dataclass(frozen=True)
-class Decision:
+class Decision(Generic[S]):
     desired_active: int
     desired_warm: int
     panic: bool
     reason: str
-    state: PolicyState = field(repr=False)
+    state: S = field(repr=False)
     recommendation: int | None = None
     # what drove the count: a signal's name, "panic", "held_requests", or "none" (no data, bounds)
     driver: str = "none"
@@ -153,7 +158,7 @@ def decide(
     view: PoolView,
     state: PolicyState,
     now: float,
-) -> Decision:
+) -> Decision[PolicyState]:
     b = pool.behavior
     lo, hi = pool.min_replicas, pool.max_replicas
     current = state.desired if state.desired is not None else min(max(view.active, lo), hi)
@@ -166,8 +171,8 @@ def decide(
         desired = min(max(current, lo), hi)
         why = "no ready replica to measure" if window else "no metrics yet"
         if last is not None and last.held > 0:
-            per = pool.targets.concurrency or pool.targets.queue_depth or 1.0
-            desired = max(desired, min(hi, max(1, math.ceil(last.held / per))))
+            each = pool.targets.concurrency or pool.targets.queue_depth or 1.0
+            desired = max(desired, min(hi, max(1, math.ceil(last.held / each))))
             why = f"{last.held} requests held by the activator, no replica serving"
             return _finish(pool, state, now, current, desired, None, False, why, "held_requests")
         return _finish(pool, state, now, current, desired, None, False, why)
@@ -240,7 +245,7 @@ def _finish(
     why: str,
     driver: str = "none",
     signals: tuple[tuple[str, float, float], ...] = (),
-) -> Decision:
+) -> Decision[PolicyState]:
     b = pool.behavior
     keep_for = max(_period(b.scale_up), _period(b.scale_down))
     changes = tuple((t, c) for t, c in state.changes if t >= now - keep_for)

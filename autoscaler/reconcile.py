@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 from autoscaler.arbiter import Candidate, Claim, ClaimKind, PoolShare, find_move, find_reclaim
 from autoscaler.config import FleetConfig, PoolConfig
@@ -51,6 +51,7 @@ from autoscaler.gateway.routing import SaturationState, next_saturation
 from autoscaler.gpus.placement import choose_gpus
 from autoscaler.gpus.slots import Placement
 from autoscaler.gpus.topology import LinkKind, Topology
+from autoscaler.loop.actions import Action, Event
 from autoscaler.planner import ReplicaView, drain_finished, plan
 from autoscaler.policy import Decision, PolicyState, PoolView, decide
 from autoscaler.runtime.base import ReplicaSpec, Role
@@ -60,7 +61,7 @@ HISTORY_S = 120.0  # pool signal history kept for the policy (≥ its longest me
 CLAIM_MAX_S = 900.0  # a claim on another pool's GPUs not satisfied by then is dropped (and may be made again)
 
 # decide(pool, signals, view, state, now) -> Decision: gpufleet's policy, or a baseline's.
-Policy = Callable[[PoolConfig, Sequence[PoolSignals], PoolView, Any, float], Decision]
+Policy = Callable[[PoolConfig, Sequence[PoolSignals], PoolView, Any, float], Decision[Any]]
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ class PoolState:
 
     policy: Any = None  # the policy's own state (PolicyState for gpufleet's); None: not started
     signals: tuple[PoolSignals, ...] = ()
-    decision: Decision | None = None
+    decision: Decision[Any] | None = None
     no_capacity: str | None = None
     # draining replica id → when it was first seen out of nginx's config (its drain counts from there)
     unrouted_since: Mapping[str, float] = field(default_factory=dict)
@@ -141,34 +142,6 @@ def note_crash(p: PoolConfig, st: PoolState, now: float, why: str) -> PoolState:
     n = st.crashes + 1 if recent else 1
     delay = 0.0 if n == 1 else min(p.start_backoff_s * 2 ** min(n - 2, 30), p.start_backoff_max_s)
     return replace(st, crashes=n, last_crash_at=now, backoff_until=now + delay, backoff_reason=why)
-
-
-ActionKind = Literal["stop", "promote", "activate", "retarget", "drain", "demote", "start", "sleep", "wake"]
-# the events dashboards draw as annotations: what changed a pool's replicas, and why it had to
-SCALE_EVENTS = ("start", "activate", "promote", "drain", "demote", "stop", "sleep", "wake", "panic", "reclaim",
-                "move", "crash", "start_failed", "start_timeout")
-
-
-@dataclass(frozen=True)
-class Action:
-    """One thing to do. Role changes are written to the runtime first; stops and starts are slow."""
-
-    kind: ActionKind
-    pool: str
-    replica: str | None = None  # None for start
-    role: Role | None = None  # the role it gets (for start: what it becomes once ready)
-    target: Role | None = None  # the role a loading replica is retargeted to
-    reason: str = ""
-    spec: ReplicaSpec | None = None  # start only
-    detail: Mapping[str, Any] = field(default_factory=dict)  # extra event fields
-    claimed_for: str | None = None  # drain: the pool its GPUs go to (written with the role)
-
-
-@dataclass(frozen=True)
-class Event:
-    kind: str
-    pool: str | None
-    detail: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -344,9 +317,10 @@ def reconcile(
             acts.append(a)
             if a.spec is not None:
                 tick.used.update(a.spec.gpus)
-            r = live.get(a.replica or "")
-            if r is None:
+            hit = live.get(a.replica or "")
+            if hit is None:
                 continue
+            r = hit
             if a.kind == "activate":
                 change(r, "active")
             elif a.kind == "drain":
@@ -399,7 +373,7 @@ class _Tick:
     def place(self, p: PoolConfig, blocked: set[str]) -> Placement | None:
         return place_replica(self.snap.gpus, p, blocked, self.future)
 
-    def shares(self, p: PoolConfig, d: Decision, given: int) -> dict[str, PoolShare]:
+    def shares(self, p: PoolConfig, d: Decision[Any], given: int) -> dict[str, PoolShare]:
         out = {}
         for q in self.cfg.pools:
             rs = [r for r in self.live.values() if r.pool == q.name]
@@ -454,7 +428,7 @@ def _pool_step(
         events.append(Event("panic", p.name, {"desired_active": d.desired_active, "reason": d.reason}))
     elif prev is not None and prev.panic and not d.panic:
         events.append(Event("panic_end", p.name, {"desired_active": d.desired_active}))
-    sat = next_saturation(p.saturation, sig, st.saturation, now)
+    sat = next_saturation(p.saturation, sig.waiting, sig.ready, st.saturation, now)
     if sat.saturated != st.saturation.saturated:
         events.append(Event("overflow" if sat.saturated else "overflow_end", p.name, {
             "waiting_per_replica": round(sat.value or 0.0, 3), "to": list(p.fallback_pools)}))
@@ -471,7 +445,7 @@ def _pool_step(
     given = 0  # active replicas this step placed or has GPUs promised for
     spoken: set[str] = set()  # GPUs promised to this step's earlier starts, not yet free
     mine_claims = {vid: c for vid, (owner, c) in tick.claims.items() if owner == p.name}
-    planned_acts = plan(d.desired_active, d.desired_warm, [_view(r) for r in planned])
+    planned_acts = plan(p.name, d.desired_active, d.desired_warm, [_view(r) for r in planned])
     for i, a in enumerate(planned_acts):
         rest = planned_acts[i + 1:]
         if a.kind == "activate" and live[a.replica or ""].sleeping:
@@ -480,14 +454,11 @@ def _pool_step(
             activating.add(a.replica or "")
         elif a.kind == "activate":
             activating.add(a.replica or "")
-            acts.append(Action("activate", p.name, a.replica, role="active", reason=a.reason))
-        elif a.kind == "retarget":
-            acts.append(Action("retarget", p.name, a.replica, role="starting", target=a.role, reason=a.reason))
-        elif a.kind == "drain":
-            acts.append(Action("drain", p.name, a.replica, role="draining", reason=a.reason))
+            acts.append(a)
+        elif a.kind in ("retarget", "drain"):
+            acts.append(a)
         elif a.kind == "stop":
-            r = live[a.replica or ""]
-            acts.append(Action("stop", p.name, a.replica, reason=a.reason, detail={"role": r.role}))
+            acts.append(replace(a, detail={"role": live[a.replica or ""].role}))
         elif a.kind == "start" and a.role:
             if backoff:  # crash loop: no cold start until the backoff has passed
                 unmet += a.role == "active"
@@ -545,7 +516,7 @@ def _pool_step(
 
 
 def _arbitrate(
-    tick: _Tick, p: PoolConfig, d: Decision, blocked: set[str], mine_claims: Mapping[str, Claim], given: int,
+    tick: _Tick, p: PoolConfig, d: Decision[Any], blocked: set[str], mine_claims: Mapping[str, Claim], given: int,
     acts: list[Action], events: list[Event],
 ) -> tuple[tuple[str, ...], str] | None:
     """GPUs for one replica of p that found none free: (the GPUs it will get, why it waits), or None.
@@ -555,8 +526,8 @@ def _arbitrate(
     mine = {g for c in mine_claims.values() for g in c.gpus}
     placed = tick.place(p, blocked - mine)
     if placed is not None and mine & set(placed.gpus):
-        victims = sorted(vid for vid, c in mine_claims.items() if set(c.gpus) & set(placed.gpus))
-        return placed.gpus, f"waiting for GPUs reclaimed from {', '.join(victims)}"
+        promised = sorted(vid for vid, c in mine_claims.items() if set(c.gpus) & set(placed.gpus))
+        return placed.gpus, f"waiting for GPUs reclaimed from {', '.join(promised)}"
     shares = tick.shares(p, d, given)
     cands = tick.candidates()
 

@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,7 +31,7 @@ MAX_WAITING_DEFAULT = 1024  # requests queued beyond the batch slots before 429s
 DISCONNECT_POLL_S = 0.1
 
 
-def _err(e: OpenAIError, headers: dict[str, str] | None = None) -> JSONResponse:
+def _err(e: OpenAIError, headers: Mapping[str, str] | None = None) -> JSONResponse:
     headers = dict(headers or {})
     if e.status in (429, 503):
         headers.setdefault("Retry-After", "1")
@@ -58,6 +58,19 @@ def _sse(obj: dict[str, Any] | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
+class _ReplicaApp(FastAPI):
+    """The OpenAPI document also names the request bodies, which the routes read as raw bytes."""
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            doc = get_openapi(title=self.title, version="1", routes=self.routes)
+            doc.setdefault("components", {}).setdefault("schemas", {}).update(_request_body_schemas())
+            self.openapi_schema = doc
+        return self.openapi_schema
+
+
 def create_app(engine: Engine, served_model: str, max_waiting: int = MAX_WAITING_DEFAULT,
                body_timeout_s: float = BODY_READ_TIMEOUT_S) -> FastAPI:
     metrics = ReplicaMetrics(served_model)
@@ -71,18 +84,7 @@ def create_app(engine: Engine, served_model: str, max_waiting: int = MAX_WAITING
         if loader is not None:
             loader.cancel()
 
-    app = FastAPI(title="gpufleet replica", lifespan=lifespan)
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
-
-            doc = get_openapi(title=app.title, version="1", routes=app.routes)
-            doc.setdefault("components", {}).setdefault("schemas", {}).update(_request_body_schemas())
-            app.openapi_schema = doc
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    app = _ReplicaApp(title="gpufleet replica", lifespan=lifespan)
 
     @app.exception_handler(OpenAIError)
     async def _openai_error(_: Request, e: OpenAIError) -> JSONResponse:
@@ -116,7 +118,7 @@ def create_app(engine: Engine, served_model: str, max_waiting: int = MAX_WAITING
         if level not in (1, 2):
             raise OpenAIError(400, "level must be 1 or 2", param="level")
         try:
-            engine.sleep()  # type: ignore[attr-defined]
+            engine.sleep()
         except EngineNotReady as e:
             raise OpenAIError(503, str(e), type_="service_unavailable") from None
         except RuntimeError as e:
@@ -125,7 +127,7 @@ def create_app(engine: Engine, served_model: str, max_waiting: int = MAX_WAITING
 
     @app.post("/wake_up")
     async def wake_up() -> JSONResponse:
-        await engine.wake_up()  # type: ignore[attr-defined]
+        await engine.wake_up()
         return JSONResponse({"is_sleeping": False})
 
     @app.get("/is_sleeping")

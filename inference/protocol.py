@@ -113,8 +113,9 @@ def parse_body(raw: bytes, model: type[_M]) -> _M:
         data = json.loads(raw.decode("utf-8"))
         # a lone surrogate ("\ud800") parses, but no UTF-8 text can carry it
         json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeError as e:
-        raise OpenAIError(400, f"Request body is not valid UTF-8 text: {e.reason}") from None
+    except UnicodeError as e:  # UnicodeDecodeError or UnicodeEncodeError: both say why
+        reason = e.reason if isinstance(e, UnicodeDecodeError | UnicodeEncodeError) else str(e)
+        raise OpenAIError(400, f"Request body is not valid UTF-8 text: {reason}") from None
     except RecursionError:
         raise OpenAIError(400, "Request body is nested too deeply.") from None
     except ValueError as e:  # JSONDecodeError, an integer of thousands of digits

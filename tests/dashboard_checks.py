@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from autoscaler.dashboards.build import ANNOTATION_STEP, ANNOTATION_WINDOW, ANNOTATIONS
-from autoscaler.dashboards.render import Prometheus, Window, annotations, load_dashboards, panel_data
+from autoscaler.dashboards.render import Prometheus, Window, dashboard_annotations, load_dashboards, panel_data
 
 LOOKBACK_S = int(ANNOTATION_WINDOW.rstrip("s")) + int(ANNOTATION_STEP.rstrip("s")) + 5
 
@@ -36,7 +36,7 @@ def annotation_mismatches(prom_url: str, w: Window, events: list[dict[str, Any]]
         names = {a["name"] for a in d["annotations"]["list"]}
         if names != set(ANNOTATIONS):
             problems.append(f"{d['title']}: annotations {sorted(names)}, not {sorted(ANNOTATIONS)}")
-        got = annotations(prom, d, w)
+        got = dashboard_annotations(prom, d, w)
         for name, (kinds, _) in ANNOTATIONS.items():
             returned = {(a.kind, a.pool) for a in got if a.name == name}
             # the first evaluation looks back one window and a step: events just before the range show too

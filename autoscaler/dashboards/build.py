@@ -30,7 +30,7 @@ from grafana_foundation_sdk.models.dashboard import (
 )
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
-from autoscaler.reconcile import SCALE_EVENTS
+from autoscaler.loop.actions import SCALE_EVENTS
 
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="gpufleet-prometheus")
 OUT = Path(__file__).resolve().parents[2] / "grafana" / "dashboards"
@@ -97,7 +97,7 @@ def _dashboard(uid: str, title: str, description: str, panels: list[Any], pool_v
         d = d.annotation(db.AnnotationQuery().name(name).datasource(DATASOURCE).enable(True).icon_color(colour))
     for i, p in enumerate(panels, 1):
         d = d.with_panel(p.id(i))
-    out = json.loads(json.dumps(d.build(), cls=JSONEncoder))
+    out: dict[str, Any] = json.loads(json.dumps(d.build(), cls=JSONEncoder))
     # Prometheus annotation fields the SDK's generic AnnotationQuery does not model
     for a, (kinds, _) in zip(out["annotations"]["list"], ANNOTATIONS.values(), strict=True):
         a.update(expr=annotation_expr(kinds, pool_var), step=ANNOTATION_STEP, titleFormat="{{kind}} {{pool}}",

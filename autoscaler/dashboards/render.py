@@ -144,7 +144,7 @@ class Annotation:
     pool: str = ""
 
 
-def annotations(prom: Prometheus, dash: dict[str, Any], w: Window, pool: str = ".*") -> list[Annotation]:
+def dashboard_annotations(prom: Prometheus, dash: dict[str, Any], w: Window, pool: str = ".*") -> list[Annotation]:
     """Grafana's Prometheus annotations: each run of consecutive non-empty steps of a series is one event."""
     out: list[Annotation] = []
     for a in dash.get("annotations", {}).get("list", []):
@@ -211,12 +211,15 @@ def render_png(prom: Prometheus, dash: dict[str, Any], w: Window, out: Path, poo
     matplotlib.use("Agg")
     from datetime import UTC, datetime
 
-    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    def clock(x: float, _: object) -> str:
+        return f"{datetime.fromtimestamp(x, UTC):%H:%M:%S}"
 
     panels = [p for p in dash["panels"] if p.get("type") in ("timeseries", "table")]
     data = [panel_data(prom, p, w, pool) for p in panels]
-    notes = annotations(prom, dash, w, pool)
+    notes = dashboard_annotations(prom, dash, w, pool)
     rows = max((p["gridPos"]["y"] + p["gridPos"]["h"]) for p in panels)
     unit_in = 0.5  # inches per grid row
     fig_h = rows * unit_in + 1.4
@@ -256,16 +259,17 @@ def render_png(prom: Prometheus, dash: dict[str, Any], w: Window, out: Path, poo
         for name, s in d.series:
             pts = [(t, v) for t, v in s.points if math.isfinite(v)]
             if pts:
-                ax.plot([datetime.fromtimestamp(t, UTC) for t, _ in pts], [v * scale for _, v in pts],
+                ax.plot([t for t, _ in pts], [v * scale for _, v in pts],
                         label=name[:48], linewidth=1.2)
         # Grafana draws a Prometheus annotation where its series starts: the first step that saw the event
         for a in notes:
-            ax.axvline(datetime.fromtimestamp(a.start, UTC), color=a.color, alpha=0.45, linewidth=0.8, linestyle="--")
+            ax.axvline(a.start, color=a.color, alpha=0.45, linewidth=0.8, linestyle="--")
         for (t, color), texts in _labels(notes).items():
-            ax.text(datetime.fromtimestamp(t, UTC), 1.0, " " + ", ".join(sorted(texts)), rotation=90, fontsize=5.5,
+            ax.text(t, 1.0, " " + ", ".join(sorted(texts)), rotation=90, fontsize=5.5,
                     color=color, va="top", ha="right", transform=ax.get_xaxis_transform(), alpha=0.8)
-        ax.set_xlim(datetime.fromtimestamp(w.start, UTC), datetime.fromtimestamp(w.end, UTC))
-        ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
+        # x in epoch seconds, labelled as UTC clock times
+        ax.set_xlim(w.start, w.end)
+        ax.xaxis.set_major_formatter(FuncFormatter(clock))
         ax.tick_params(labelsize=7)
         if unit:
             ax.set_ylabel(unit, fontsize=8)

@@ -228,20 +228,24 @@ class KeysSource:
     def __init__(self, enabled: bool, path: Path | None, global_requests_per_s: float = 1000,
                  global_burst: int = 2000, global_concurrent: int = 4096) -> None:
         self.path = path
-        self._limits = dict(global_requests_per_s=global_requests_per_s, global_burst=global_burst,
-                            global_concurrent=global_concurrent)
+        self._limits = (global_requests_per_s, global_burst, global_concurrent)
         self._stamp: tuple[int, int, int] | None | object = object()  # nothing read yet (a missing file is None)
         self.reloads = 0
         if enabled and path is None:
             raise ValueError("auth is on: a keys file is needed")
         if not enabled:
-            self.policy = AccessPolicy(False, **self._limits)  # type: ignore[arg-type]
+            self.policy = self._policy(False, ())
             self.path = None
         else:
-            self.policy = AccessPolicy(True, **self._limits)  # type: ignore[arg-type]
+            self.policy = self._policy(True, ())
             err = self.poll()
             if err:
                 raise KeysError(err)
+
+    def _policy(self, enabled: bool, keys: tuple[KeyEntry, ...]) -> AccessPolicy:
+        rate, burst, concurrent = self._limits
+        return AccessPolicy(enabled, keys, global_requests_per_s=rate, global_burst=burst,
+                            global_concurrent=concurrent)
 
     def _stat(self) -> tuple[int, int, int] | None:
         assert self.path is not None
@@ -263,6 +267,6 @@ class KeysSource:
             keys = load_keys(self.path)
         except KeysError as e:
             return str(e)
-        self.policy = AccessPolicy(True, keys, **self._limits)  # type: ignore[arg-type]
+        self.policy = self._policy(True, keys)
         self.reloads += 1
         return None

@@ -24,7 +24,6 @@ from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
-from autoscaler.config import FleetConfig
 from autoscaler.histogram import Hist
 
 log = logging.getLogger("gpufleet.edge")
@@ -78,10 +77,6 @@ class EdgeStats:
     requests: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     latency: dict[str, Hist] = field(default_factory=dict)  # per pool
     lines: Counter[str] = field(default_factory=Counter)  # parsed, ignored, unparsable
-
-    @classmethod
-    def for_fleet(cls, cfg: FleetConfig) -> EdgeStats:
-        return cls(tuple(p.name for p in cfg.pools), tuple(m for p in cfg.pools for m in (p.model, *p.aliases)))
 
     def __post_init__(self) -> None:
         # the gateway's own refusals from 0, so the first one is an increase Prometheus can see

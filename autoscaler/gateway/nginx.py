@@ -22,7 +22,6 @@ from typing import Any
 
 import httpx
 
-from autoscaler.config import GatewayConfig
 from autoscaler.gateway.access import AccessPolicy, KeysSource
 from autoscaler.gateway.render import (
     NO_KEYS,
@@ -34,6 +33,7 @@ from autoscaler.gateway.render import (
     render_template,
 )
 from autoscaler.gateway.routing import STATE_FILE, state_document
+from autoscaler.gateway.settings import GatewayConfig
 from autoscaler.histogram import Hist
 from autoscaler.procs import pid_alive
 
@@ -194,9 +194,10 @@ class Gateway:
             self._error(f"keys file rejected, the gateway keeps the last good keys: {err}")
         return self.keys.policy
 
-    def access_summary(self) -> dict[str, bool | int]:
+    def access_summary(self) -> tuple[bool, int]:
+        """(API keys checked, how many keys are in force)."""
         policy = self.keys.policy if self.keys else NO_KEYS
-        return {"auth": policy.enabled, "api_keys": len(policy.keys)}
+        return policy.enabled, len(policy.keys)
 
     @property
     def pending(self) -> bool:
@@ -406,7 +407,8 @@ class LocalNginx:
         host = "127.0.0.1" if self.cfg.listen in ("0.0.0.0", "::", "") else self.cfg.listen_host
         with httpx.Client(timeout=1.0) as c:  # a new connection: what a new client would get
             r = c.get(f"http://{host}:{self.cfg.port}/v1/models", headers=probe_headers(self.secret))
-            return r.headers.get("x-gpufleet-generation")
+            generation: str | None = r.headers.get("x-gpufleet-generation")
+            return generation
 
     def validate(self) -> tuple[bool, str]:
         r = subprocess.run(self._cmd("-t", "-q"), capture_output=True, text=True, timeout=30)

@@ -22,36 +22,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from autoscaler.config import FleetConfig, Saturation
-from autoscaler.signals import PoolSignals
+from autoscaler.gateway.settings import Saturation
 
 STATE_FILE = "pool-state.json"
 # the gateway ignores a state file older than this: a dead autoscaler must not pin a pool as saturated
 STATE_STALE_S = 10.0
 CHARS_PER_TOKEN = 4  # the prompt-length estimate njs makes from the body
-
-
-def routing_table(cfg: FleetConfig) -> dict[str, Any]:
-    """The static part of routes.js: models and aliases, fallbacks with their caps, rules."""
-    routes: dict[str, str] = {}
-    for p in cfg.pools:
-        routes[p.model] = p.name
-        for a in p.aliases:
-            routes[a] = p.name
-    return {
-        "routes": routes,
-        "models": {p.name: p.model for p in cfg.pools},
-        "fallback": {p.name: [{"pool": f.pool, "max_tokens": f.max_tokens} for f in p.fallback]
-                     for p in cfg.pools if p.fallback},
-        "rules": [
-            {"name": r.name, "pool": r.pool, "models": list(r.match.models), "tiers": list(r.match.tiers),
-             "headers": dict(r.match.headers), "over": r.match.prompt_tokens_over,
-             "under": r.match.prompt_tokens_under}
-            for r in cfg.routing.rules
-        ],
-        "chars_per_token": CHARS_PER_TOKEN,
-        "state_stale_s": STATE_STALE_S,
-    }
 
 
 @dataclass(frozen=True)
@@ -61,13 +37,14 @@ class SaturationState:
     value: float | None = None  # waiting per serving replica at the last tick
 
 
-def next_saturation(sat: Saturation | None, sig: PoolSignals, prev: SaturationState, now: float) -> SaturationState:
+def next_saturation(sat: Saturation | None, waiting: float, ready: int, prev: SaturationState,
+                    now: float) -> SaturationState:
     """Whether a pool overflows to its fallbacks from now on (hysteresis: in at `waiting_per_replica`,
     out below `clear_below` and not before `hold_s`). A pool with no serving replica is not
     'saturated': the gateway already falls back for it."""
-    if sat is None or sig.ready == 0:
+    if sat is None or ready == 0:
         return SaturationState()
-    per = sig.waiting / sig.ready
+    per = waiting / ready
     if prev.saturated:
         if per < sat.clear and prev.since is not None and now - prev.since >= sat.hold_s:
             return SaturationState(value=per)

@@ -57,9 +57,10 @@ def weakest_link(topo: Topology, s: Sequence[int]) -> Link | None:
     return min((topo.link(i, j) for i, j in combinations(s, 2)), key=lambda link: link.score)
 
 
-def _weak_score(topo: Topology, s: Sequence[int]) -> int:
+def _weak_score(topo: Topology, s: Sequence[int]) -> float:
+    """The score of the set's weakest link; one GPU has no link to be weak (inf)."""
     w = weakest_link(topo, s)
-    return w.score if w is not None else math.inf  # type: ignore[return-value]
+    return w.score if w is not None else math.inf
 
 
 def nvlink_islands(topo: Topology, free: Iterable[int]) -> list[int]:
@@ -89,7 +90,9 @@ def best_weakest(topo: Topology, free: Sequence[int], k: int) -> int:
         return 0
     if k == 1:
         return 1
-    return max((_weak_score(topo, s) for s in _candidates(topo, free, k)), default=0)
+    # k >= 2: every set has a weakest link
+    return max((w.score for s in _candidates(topo, free, k) if (w := weakest_link(topo, s)) is not None),
+               default=0)
 
 
 def _candidates(topo: Topology, free: Sequence[int], k: int) -> Iterable[tuple[int, ...]]:

@@ -83,7 +83,7 @@ def _numa(nvml: Any, h: Any) -> tuple[int, ...]:
     return (node,) if node >= 0 else ()
 
 
-def _links(nvml: Any, handles: list[Any], gpus: list[Gpu], cordoned: dict[int, str]) -> dict:
+def _links(nvml: Any, handles: list[Any], gpus: list[Gpu], cordoned: dict[int, str]) -> dict[tuple[int, int], Link]:
     n = len(gpus)
     by_bus = {_bus(g.pci_bus_id): g.index for g in gpus if g.pci_bus_id}
     direct: dict[tuple[int, int], int] = {}

@@ -11,8 +11,8 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from autoscaler.config import GpuConfig
 from autoscaler.gpus.allocator import FUTURE_SIZES, Request, allocate
+from autoscaler.gpus.settings import GpuConfig
 from autoscaler.gpus.slots import Placement
 from autoscaler.gpus.topology import Link, LinkKind, Topology, load_topology_file, uniform_topology
 

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
+from typing import Any
 
 
 class LinkKind(IntEnum):
@@ -256,7 +257,7 @@ def parse_link(text: str) -> Link:
     return Link(LinkKind.NVLINK, int(m.group(2))) if m.group(2) else Link(LinkKind[_OLD_NAMES.get(text, text)])
 
 
-def topology_from_json(d: dict) -> Topology:
+def topology_from_json(d: dict[str, Any]) -> Topology:
     gpus = tuple(Gpu(index=g["index"], id=g["id"], name=g.get("name", ""), memory_mb=g.get("memory_mb", 0),
                      pci_bus_id=g.get("pci_bus_id", ""), cpus=tuple(g.get("cpus", ())),
                      numa=tuple(g.get("numa", ()))) for g in d["gpus"])

@@ -55,6 +55,10 @@ def parse_claim(name: str) -> str | None:
 STOPPING = "stopping"
 
 
+_TARGETS: dict[str, Role] = {"active": "active", "warm": "warm"}  # what a starting replica becomes
+_SETTLED: dict[str, Role] = {"warm": "warm", "active": "active", "draining": "draining"}
+
+
 def parse_role(name: str) -> tuple[Role, Role] | None:
     """(role, target) from a container name; a stopping replica reads as draining (see is_stopping)."""
     _, sep, r = name.lstrip("/").rpartition("--")
@@ -63,10 +67,11 @@ def parse_role(name: str) -> tuple[Role, Role] | None:
     if r == STOPPING:
         return "draining", "draining"
     if r.startswith("starting."):
-        target = r.split(".", 1)[1]
-        return ("starting", target) if target in ("active", "warm") else None  # type: ignore[return-value]
-    if r in ("warm", "active", "draining"):
-        return r, r  # type: ignore[return-value]
+        target = _TARGETS.get(r.split(".", 1)[1])
+        return ("starting", target) if target is not None else None
+    settled = _SETTLED.get(r)
+    if settled is not None:
+        return settled, settled
     if r.startswith(f"draining{CLAIMED}"):
         return "draining", "draining"
     return None
@@ -174,7 +179,8 @@ class DockerRuntime:
         self._since: dict[str, float] = {}
 
     def _mine(self) -> list[Any]:
-        return self.client.containers.list(all=True, filters={"label": [f"{L}owner={self.project}"]})
+        mine: list[Any] = self.client.containers.list(all=True, filters={"label": [f"{L}owner={self.project}"]})
+        return mine
 
     def _to_replica(self, c: Any) -> Replica | None:
         labels = c.labels
@@ -346,4 +352,5 @@ class DockerNginx:
 
         with httpx.Client(timeout=1.0) as c:
             r = c.get(f"http://{self.service}:{port}/v1/models", headers=probe_headers(self.secret))
-            return r.headers.get("x-gpufleet-generation")
+            generation: str | None = r.headers.get("x-gpufleet-generation")
+            return generation

@@ -8,7 +8,6 @@ stopped, so a restarted autoscaler adopts what runs and cleans up what died.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -17,6 +16,9 @@ import time
 import uuid
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 from autoscaler.procs import pid_alive
 from autoscaler.runtime.base import Replica, ReplicaSpec, Role, fill_argv, replica_env
@@ -46,6 +48,27 @@ def cuda_visible_devices(gpus: tuple[str, ...]) -> str | None:
     return ",".join(g[3:] if g.startswith("GPU") and g[3:].isdigit() else g for g in gpus)
 
 
+class _Record(BaseModel):
+    """One replica's state file: what a restarted autoscaler reads back (unknown fields ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: str
+    pool: str
+    model: str
+    role: Role
+    target_role: Role
+    host: str
+    port: int
+    gpus: tuple[str, ...] = ()
+    config_hash: str
+    created_at: float
+    role_since: float | None = None
+    pid: int | None = None  # None: written before the process started
+    stopping: bool = False
+    claimed_for: str | None = None
+    spec: dict[str, Any] = {}
+
+
 class LocalRuntime:
     name = "local"
 
@@ -58,43 +81,31 @@ class LocalRuntime:
     def _path(self, rid: str) -> Path:
         return self.state_dir / f"{rid}.json"
 
-    def _read(self, rid: str) -> dict[str, object]:
-        return json.loads(self._path(rid).read_text())
+    def _read(self, rid: str) -> _Record:
+        return _Record.model_validate_json(self._path(rid).read_text())
 
-    def _write(self, rid: str, data: dict[str, object]) -> None:
-        tmp = self.state_dir / f".{rid}.tmp"
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self._path(rid))
+    def _write(self, rec: _Record) -> None:
+        tmp = self.state_dir / f".{rec.id}.tmp"
+        tmp.write_text(rec.model_dump_json())
+        os.replace(tmp, self._path(rec.id))
 
-    def _to_replica(self, d: dict[str, object]) -> Replica:
-        rid = str(d["id"])
-        pid = d.get("pid")
-        child = self._children.get(rid)
-        alive = child.poll() is None if child is not None else isinstance(pid, int) and _pid_running(pid, rid)
+    def _to_replica(self, d: _Record) -> Replica:
+        child = self._children.get(d.id)
+        alive = child.poll() is None if child is not None else d.pid is not None and _pid_running(d.pid, d.id)
         return Replica(
-            id=rid,
-            pool=str(d["pool"]),
-            model=str(d["model"]),
-            role=d["role"],  # type: ignore[arg-type]
-            target_role=d["target_role"],  # type: ignore[arg-type]
-            url=f"http://{d['host']}:{d['port']}",
-            upstream=f"{d['host']}:{d['port']}",
-            gpus=tuple(d.get("gpus", ())),  # type: ignore[arg-type]
-            config_hash=str(d["config_hash"]),
-            created_at=float(d["created_at"]),  # type: ignore[arg-type]
-            alive=alive,
-            role_since=float(d.get("role_since", d["created_at"])),  # type: ignore[arg-type]
-            stopping=bool(d.get("stopping", False)),
-            claimed_for=str(d["claimed_for"]) if d.get("claimed_for") else None,
-            labels={"pid": str(pid)},
+            id=d.id, pool=d.pool, model=d.model, role=d.role, target_role=d.target_role,
+            url=f"http://{d.host}:{d.port}", upstream=f"{d.host}:{d.port}", gpus=d.gpus,
+            config_hash=d.config_hash, created_at=d.created_at, alive=alive,
+            role_since=d.role_since if d.role_since is not None else d.created_at,
+            stopping=d.stopping, claimed_for=d.claimed_for or None, labels={"pid": str(d.pid)},
         )
 
     def list(self) -> list[Replica]:
         out = []
         for p in sorted(self.state_dir.glob("r-*.json")):
             try:
-                out.append(self._to_replica(json.loads(p.read_text())))
-            except (OSError, ValueError, KeyError):
+                out.append(self._to_replica(_Record.model_validate_json(p.read_text())))
+            except (OSError, ValueError):
                 continue  # a half-written file from a crash: the tmp name protects against this
         return out
 
@@ -102,13 +113,10 @@ class LocalRuntime:
         rid = f"r-{spec.pool}-{uuid.uuid4().hex[:8]}"
         port = _free_port(self.host)
         now = time.time()
-        data: dict[str, object] = {
-            "id": rid, "pool": spec.pool, "model": spec.model, "role": "starting",
-            "target_role": spec.target_role, "host": self.host, "port": port,
-            "gpus": list(spec.gpus), "config_hash": spec.config_hash,
-            "created_at": now, "role_since": now, "pid": None, "spec": asdict(spec),
-        }
-        self._write(rid, data)  # state first: a crash from here on leaves a record to clean up
+        data = _Record(id=rid, pool=spec.pool, model=spec.model, role="starting", target_role=spec.target_role,
+                       host=self.host, port=port, gpus=spec.gpus, config_hash=spec.config_hash, created_at=now,
+                       role_since=now, spec=asdict(spec))
+        self._write(data)  # state first: a crash from here on leaves a record to clean up
         argv = fill_argv(spec.argv, model=spec.model, port=port, host=self.host, replica_id=rid)
         env = dict(os.environ, **replica_env(spec, self.secrets_dir(spec)), GPUFLEET_REPLICA_ID=rid)
         visible = cuda_visible_devices(spec.gpus)
@@ -123,8 +131,8 @@ class LocalRuntime:
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(proc.pid, set(spec.cpus))
         self._children[rid] = proc
-        data["pid"] = proc.pid
-        self._write(rid, data)
+        data.pid = proc.pid
+        self._write(data)
         return self._to_replica(data)
 
     def secrets_dir(self, spec: ReplicaSpec) -> str:
@@ -145,12 +153,12 @@ class LocalRuntime:
     def set_role(self, replica_id: str, role: Role, target_role: Role | None = None,
                  claimed_for: str | None = None) -> None:
         d = self._read(replica_id)
-        d["role"] = role
-        d["claimed_for"] = claimed_for if role == "draining" else None
-        d["role_since"] = time.time()
+        d.role = role
+        d.claimed_for = claimed_for if role == "draining" else None
+        d.role_since = time.time()
         if target_role is not None:
-            d["target_role"] = target_role
-        self._write(replica_id, d)
+            d.target_role = target_role
+        self._write(d)
 
     def remove(self, replica_id: str, grace_s: float | None = None) -> None:
         """The engine's stop signal, its grace period (the spec's, default 5 s here), then SIGKILL."""
@@ -158,14 +166,13 @@ class LocalRuntime:
             d = self._read(replica_id)
         except FileNotFoundError:
             return
-        spec = d.get("spec") if isinstance(d.get("spec"), dict) else {}
-        sig = getattr(signal, str(spec.get("stop_signal") or "SIGTERM"), signal.SIGTERM)
+        sig = getattr(signal, str(d.spec.get("stop_signal") or "SIGTERM"), signal.SIGTERM)
         if grace_s is None:
-            grace_s = float(spec.get("stop_grace_s") or 5.0)
-        if not d.get("stopping"):
-            d["stopping"] = True
-            self._write(replica_id, d)  # before the first signal: a restarted autoscaler finishes the job
-        pid = d.get("pid")
+            grace_s = float(d.spec.get("stop_grace_s") or 5.0)
+        if not d.stopping:
+            d.stopping = True
+            self._write(d)  # before the first signal: a restarted autoscaler finishes the job
+        pid = d.pid
         child = self._children.pop(replica_id, None)
         if isinstance(pid, int) and (child is not None or _pid_running(pid, replica_id)):
             with contextlib.suppress(ProcessLookupError):

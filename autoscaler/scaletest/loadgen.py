@@ -115,7 +115,7 @@ async def _attempt(client: httpx.AsyncClient, url: str, model: str, a: Arrival, 
                     res.error = f"short completion: {res.tokens}/{a.max_tokens} tokens, finish_reason {finish}"
                 return res
             done = False
-            last = None
+            last = t0  # the first token's gap is its TTFT, counted apart
             finish = None
             usage_tokens: int | None = None
             chunks = 0
@@ -138,7 +138,7 @@ async def _attempt(client: httpx.AsyncClient, url: str, model: str, a: Arrival, 
                         res.ttft = now - t0
                         res.first_byte_at = time.time()
                     else:
-                        res.gaps.append(now - last)  # type: ignore[operator]
+                        res.gaps.append(now - last)
                     last = now
                     chunks += 1
             res.e2e = time.monotonic() - t0
@@ -201,7 +201,8 @@ async def run_open_loop(
     return results
 
 
-def constant_rate(rate: float, start: float, duration: float, **kw: object) -> list[Arrival]:
+def constant_rate(rate: float, start: float, duration: float, prompt_tokens: int = 32, max_tokens: int = 16,
+                  stream: bool = True) -> list[Arrival]:
     """Evenly spaced arrivals (deterministic: a test should not depend on Poisson luck)."""
     n = int(rate * duration)
-    return [Arrival(at=start + i / rate, **kw) for i in range(n)]  # type: ignore[arg-type]
+    return [Arrival(start + i / rate, prompt_tokens, max_tokens, stream) for i in range(n)]

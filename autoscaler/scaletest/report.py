@@ -26,7 +26,7 @@ def quantile(xs: Sequence[float], q: float) -> float | None:
 
 
 def role_counts(status: dict[str, Any], pool: str | None) -> dict[str, int]:
-    counts = dict.fromkeys(ROLES, 0)
+    counts: dict[str, int] = dict.fromkeys(ROLES, 0)
     for name, p in status.get("pools", {}).items():
         if pool is not None and name != pool:
             continue
@@ -38,8 +38,8 @@ def role_counts(status: dict[str, Any], pool: str | None) -> dict[str, int]:
 def replica_seconds(timeline: Sequence[tuple[float, dict[str, Any]]],
                     pool: str | None) -> dict[str, dict[str, float]]:
     """Integrate replicas (and GPUs) held by role over the run, step-wise between polls."""
-    reps = dict.fromkeys(ROLES, 0.0)
-    gpus = dict.fromkeys(ROLES, 0.0)
+    reps: dict[str, float] = dict.fromkeys(ROLES, 0.0)
+    gpus: dict[str, float] = dict.fromkeys(ROLES, 0.0)
     for (t, st), (t2, _) in zip(timeline, timeline[1:], strict=False):
         dt = t2 - t
         for name, p in st.get("pools", {}).items():
@@ -61,7 +61,7 @@ def summarize(sc: Scenario, results: Sequence[Result], timeline: Sequence[tuple[
     dur = max(t_end - t0, 1e-9)
     success = len(ok) / n if n else 1.0
     events = [e for _, st in timeline for e in st.get("events", [])]
-    seen: dict[tuple, dict] = {}
+    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
     for e in events:
         if e["t"] >= t0 and (pool is None or e.get("pool") == pool):
             seen[(e["t"], e["kind"], e.get("replica"))] = e
@@ -69,13 +69,14 @@ def summarize(sc: Scenario, results: Sequence[Result], timeline: Sequence[tuple[
     kinds: dict[str, int] = {}
     for e in evs:
         kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
-    peak = dict.fromkeys(ROLES, 0)
+    peak: dict[str, int] = dict.fromkeys(ROLES, 0)
     for _, st in timeline:
         for role, c in role_counts(st, pool).items():
             peak[role] = max(peak[role], c)
     slo = sc.slo
     p95_ttft, p95_e2e = quantile(ttft, 0.95), quantile(e2e, 0.95)
-    verdicts = {"success_rate": {"target": slo.success_rate, "value": success, "met": success >= slo.success_rate}}
+    verdicts: dict[str, dict[str, Any]] = {
+        "success_rate": {"target": slo.success_rate, "value": success, "met": success >= slo.success_rate}}
     if slo.ttft_p95_s is not None:
         verdicts["ttft_p95_s"] = {"target": slo.ttft_p95_s, "value": p95_ttft,
                                   "met": p95_ttft is not None and p95_ttft <= slo.ttft_p95_s}

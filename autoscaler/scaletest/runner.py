@@ -104,7 +104,7 @@ async def _progress(run: Run, t0: float, sched: list[float], pools: list[str], s
 
 
 def _pool_of(model: str, models: list[str], status: dict[str, Any]) -> str:
-    pool = next((n for n, p in status["pools"].items() if p["model"] == model), None)
+    pool: str | None = next((n for n, p in status["pools"].items() if p["model"] == model), None)
     if pool is None:
         raise NoStack(f"model {model!r} is not served by this stack (it serves: {', '.join(models)})")
     return pool
@@ -191,7 +191,7 @@ def compact_timeline(timeline: list[tuple[float, dict[str, Any]]], t0: float) ->
 def write_report(run: Run, summary: dict[str, Any], out_dir: Path, plot: bool = True) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = summary["started_at"]
-    events: dict[tuple, dict] = {}
+    events: dict[tuple[Any, ...], dict[str, Any]] = {}
     for _, st in run.timeline:
         for e in st.get("events", []):
             if e["t"] >= t0:

@@ -40,15 +40,15 @@ HPA_BEHAVIOR = Behavior(
 @dataclass(frozen=True)
 class _Periodic:
     last_eval: float
-    decision: Decision | None
+    decision: Decision[Any] | None
     inner: Any
 
 
-def periodic(inner: Callable[..., Decision], period_s: float) -> Callable[..., Decision]:
+def periodic(inner: Callable[..., Decision[Any]], period_s: float) -> Callable[..., Decision[Any]]:
     """Evaluate `inner` only every `period_s` (a sync period); between, the last decision stands."""
 
     def policy(pool: PoolConfig, signals: Sequence[PoolSignals], view: PoolView, state: _Periodic,
-               now: float) -> Decision:
+               now: float) -> Decision[_Periodic]:
         if state.decision is not None and now - state.last_eval < period_s - 1e-9:
             d = state.decision
             return replace(d, state=state)
@@ -67,7 +67,7 @@ def _no_warm(pool: PoolConfig, behavior: Behavior, targets: Targets | None = Non
 class Baseline:
     name: str
     title: str
-    policy: Callable[..., Decision]
+    policy: Callable[..., Decision[Any]]
     initial_state: Callable[[PoolConfig, int], Any]
     adapt: Callable[[PoolConfig], PoolConfig]
 
@@ -118,7 +118,8 @@ def knative_kpa(tick_s: float = 2.0, stable_s: float = 60.0, panic_s: float = 6.
     Container concurrency: the pool's `targets.concurrency` (what the user judged one replica takes),
     else the engine's batch size."""
 
-    def policy(pool: PoolConfig, signals: Sequence[PoolSignals], view: PoolView, st: _Kpa, now: float) -> Decision:
+    def policy(pool: PoolConfig, signals: Sequence[PoolSignals], view: PoolView, st: _Kpa,
+               now: float) -> Decision[_Kpa]:
         lo, hi = pool.min_replicas, pool.max_replicas
         if now - st.last_eval < tick_s - 1e-9:
             return Decision(st.desired, 0, st.panic_time is not None, "kpa: between ticks", st)
@@ -172,7 +173,8 @@ def aibrix_apa(period_s: float = 15.0, up_tolerance: float = 0.1, down_tolerance
     replica against `targets.concurrency`, averaged over the evaluation period; the period (15 s, like
     the HPA it builds on) is an assumption: APA's own resync is configurable."""
 
-    def policy(pool: PoolConfig, signals: Sequence[PoolSignals], view: PoolView, st: _Apa, now: float) -> Decision:
+    def policy(pool: PoolConfig, signals: Sequence[PoolSignals], view: PoolView, st: _Apa,
+               now: float) -> Decision[_Apa]:
         lo, hi = pool.min_replicas, pool.max_replicas
         if now - st.last_eval < period_s - 1e-9:
             return Decision(st.desired, 0, False, "apa: between evaluations", st)
@@ -200,7 +202,7 @@ def aibrix_apa(period_s: float = 15.0, up_tolerance: float = 0.1, down_tolerance
 def static(n: int) -> Baseline:
     """n replicas, always on, no autoscaler: what most teams run, sized for the peak."""
 
-    def policy(pool: PoolConfig, signals: Sequence[PoolSignals], view: PoolView, st: Any, now: float) -> Decision:
+    def policy(pool: PoolConfig, signals: Sequence[PoolSignals], view: PoolView, st: Any, now: float) -> Decision[Any]:
         return Decision(n, 0, False, f"static: {n} replicas", st)
 
     return Baseline(f"static-{n}", f"static, {n} replicas", policy, lambda p, k: None,

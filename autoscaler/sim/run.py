@@ -128,14 +128,14 @@ def simulate(
         return n
 
     # The steady state before traffic: loaded replicas, already routed.
-    held: set[str] = set()
+    taken: set[str] = set()
     for p in cfg.pools:
         for i in range(p.min_replicas + p.warm_pool.min):
             role: Role = "active" if i < p.min_replicas else "warm"
-            placed = place_replica(gpus, p, held)
+            placed = place_replica(gpus, p, taken)
             if placed is None:
                 raise ValueError(f"pool {p.name}: the GPUs do not fit its min_replicas + warm_pool.min")
-            held.update(placed.gpus)
+            taken.update(placed.gpus)
             new_node(p, role, role, -1.0, placed.gpus, -1.0)
     routed: dict[str, list[_Node]] = {p.name: [n for n in nodes.values() if n.pool == p.name and n.role == "active"]
                                       for p in cfg.pools}
@@ -150,8 +150,8 @@ def simulate(
     reqs = [SimRequest(i, a.at, a.prompt_tokens, max(1, a.max_tokens), a.stream) for i, (a, _) in enumerate(tagged)]
     asked = {r.i: pn for r, (_, pn) in zip(reqs, tagged, strict=True)}  # request → the pool it asked for
     served_by: dict[int, str] = {}
-    for r in reqs:
-        push(r.at, _ARRIVAL, r)
+    for rq in reqs:
+        push(rq.at, _ARRIVAL, rq)
     end = duration_s if duration_s is not None else (reqs[-1].at if reqs else 0.0)
     push(cfg.tick_s, _TICK, 1)
     outstanding = len(reqs)
@@ -195,7 +195,7 @@ def simulate(
             finish(done)
             settle(rep, None)
         elif kind == _ARRIVAL:
-            r: SimRequest = payload
+            r = payload
             home = cfg.pool(asked[r.i])
             chain = [(home.name, None)] + [(f.pool, f.max_tokens) for f in home.fallback]
             up = [(pn, cap) for pn, cap in chain if routed.get(pn)]
@@ -285,7 +285,7 @@ def simulate(
             # the activator forwards to a ready replica at once, before nginx reloads
             by_up = {n.upstream: n for n in nodes.values() if not n.stopping}
             for pr in out.routes:
-                held = holding.get(pr.name)
+                held = holding.get(pr.name) or []
                 ready = [by_up[u] for u in pr.servers if u in by_up] if held else []
                 if ready:
                     for r in held:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,4 +35,10 @@ class Engine(Protocol):
 
     def stats(self) -> EngineStats: ...
 
-    def generate(self, prompt: str, prompt_tokens: int, max_tokens: int) -> AsyncIterator[str]: ...
+    # an async generator: a client that hangs up closes it (aclose) and frees its batch slot
+    def generate(self, prompt: str, prompt_tokens: int, max_tokens: int) -> AsyncGenerator[str, None]: ...
+
+    # vLLM's sleep mode: weights off the GPU (RuntimeError while requests run), then back
+    def sleep(self) -> None: ...
+
+    async def wake_up(self) -> None: ...

@@ -10,6 +10,7 @@ cold start), not a cycle-accurate GPU.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,9 @@ class SimProfile:
     kv_bytes_per_token: int = 128 * 1024  # Llama-3-8B with GQA, fp16
 
     def with_overrides(self, **kw: float | int | None) -> SimProfile:
-        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+        # dataclasses.replace checks each name at run time; a field's own type is not known here
+        changes: dict[str, Any] = {k: v for k, v in kw.items() if v is not None}
+        return replace(self, **changes)
 
 
 PROFILES: dict[str, SimProfile] = {

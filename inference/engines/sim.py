@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 from inference.engines.base import EngineNotReady, EngineStats, PromptTooLong
@@ -99,7 +99,7 @@ class SimEngine:
         await asyncio.sleep(p.wake_s if p.wake_s is not None else max(0.2, p.load_time_s / 10))
         self.sleeping = False
 
-    async def generate(self, prompt: str, prompt_tokens: int, max_tokens: int) -> AsyncIterator[str]:
+    async def generate(self, prompt: str, prompt_tokens: int, max_tokens: int) -> AsyncGenerator[str, None]:
         if not self._loaded:
             raise EngineNotReady("model is still loading")
         if self.sleeping:

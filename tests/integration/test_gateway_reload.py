@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import yaml
 
-from autoscaler.config import GatewayConfig
 from autoscaler.gateway.access import KeysSource, hash_key
 from autoscaler.gateway.nginx import Gateway, LocalNginx
 from autoscaler.gateway.render import PoolRoute
+from autoscaler.gateway.settings import GatewayConfig
 from tests.helpers import free_port, replica_process, require_host_binaries, wait_for
 
 KEY = "gf-reload-" + "r" * 24

@@ -113,7 +113,7 @@ def test_auth_off_renders_no_keys_but_keeps_the_global_limits():
 def test_rendered_access_passes_nginx_t(tmp_path):
     """What nginx itself accepts: the tricky names, fractional rates, auth on and off."""
     require_host_binaries()
-    from autoscaler.config import GatewayConfig
+    from autoscaler.gateway.settings import GatewayConfig
 
     keys = tuple(KeyEntry(name=n, key=f"{PLAIN}-{n}", requests_per_s=r)
                  for n, r in (("default", 1), ("hostnames", 0.25), ("include", 5), ("volatile", 100)))

@@ -13,7 +13,7 @@ from autoscaler.gateway.routing import SaturationState, next_saturation
 from autoscaler.gpus.topology import Link, LinkKind, Topology, load_topology_file, uniform_topology
 from autoscaler.policy import Decision, PolicyState
 from autoscaler.reconcile import GpuView, PoolState, ReplicaObs, Snapshot, fleet_sizes, reconcile
-from autoscaler.signals import PoolSignals, ReplicaSample
+from autoscaler.signals import ReplicaSample
 
 NOW = 1000.0
 TOPO = Path(__file__).resolve().parent.parent / "fixtures" / "topology"
@@ -304,22 +304,22 @@ def test_no_move_when_the_moved_replica_would_have_nowhere_to_go():
 # ---- saturation --------------------------------------------------------------------------------
 
 
-def sig(waiting: float, ready: int = 2) -> PoolSignals:
-    return PoolSignals(t=NOW, ready=ready, running=4.0 * ready, waiting=waiting, kv_usage=0.0, ttft_p95_s=None,
-                       request_rate=None)
+def sig(waiting: float, ready: int = 2) -> tuple[float, int]:
+    """(waiting requests, serving replicas): what saturation reads of a pool's signals."""
+    return waiting, ready
 
 
 def test_saturation_starts_at_the_threshold_and_ends_below_clear_after_the_hold():
     sat = fleet(pool("a", fallback=["b"], saturation={"waiting_per_replica": 4, "hold_s": 5}), pool("b")).pool("a")
     s = sat.saturation
-    st = next_saturation(s, sig(7), SaturationState(), NOW)
+    st = next_saturation(s, *sig(7), SaturationState(), NOW)
     assert not st.saturated
-    st = next_saturation(s, sig(8), st, NOW)
+    st = next_saturation(s, *sig(8), st, NOW)
     assert st.saturated and st.since == NOW
-    assert next_saturation(s, sig(1), st, NOW + 2).saturated, "held for hold_s"
-    assert next_saturation(s, sig(5), st, NOW + 9).saturated, "still above clear_below (2 per replica)"
-    assert not next_saturation(s, sig(3), st, NOW + 9).saturated
-    assert not next_saturation(s, sig(0, ready=0), st, NOW + 1).saturated, "no replica: plain fallback"
+    assert next_saturation(s, *sig(1), st, NOW + 2).saturated, "held for hold_s"
+    assert next_saturation(s, *sig(5), st, NOW + 9).saturated, "still above clear_below (2 per replica)"
+    assert not next_saturation(s, *sig(3), st, NOW + 9).saturated
+    assert not next_saturation(s, *sig(0, ready=0), st, NOW + 1).saturated, "no replica: plain fallback"
 
 
 def test_reconcile_reports_saturation_and_an_overflow_event():

@@ -152,7 +152,6 @@ def test_the_fleet_yaml_shown_in_the_readme_is_valid():
 
 
 def test_fallback_short_and_long_forms_and_the_routing_table():
-    from autoscaler.gateway.routing import routing_table
 
     cfg = parse_config({"pools": [
         {"name": "a", "model": "m", "aliases": ["chat"], "fallback": ["b", {"pool": "c", "max_tokens": 64}]},
@@ -160,7 +159,7 @@ def test_fallback_short_and_long_forms_and_the_routing_table():
         "routing": {"rules": [{"name": "t", "match": {"models": ["chat"], "headers": {"X-Tier": "gold"},
                                                        "prompt_tokens_over": 100}, "pool": "b"}]}})
     assert cfg.pool("a").fallback_pools == ("b", "c")
-    t = routing_table(cfg)
+    t = cfg.routing_table()
     assert t["routes"] == {"m": "a", "chat": "a", "n": "b", "o": "c"}
     assert t["fallback"] == {"a": [{"pool": "b", "max_tokens": None}, {"pool": "c", "max_tokens": 64}]}
     assert t["rules"] == [{"name": "t", "pool": "b", "models": ["chat"], "tiers": [], "headers": {"x-tier": "gold"},

@@ -7,7 +7,7 @@ import json
 
 from autoscaler.dashboards.build import ANNOTATIONS, OUT, build_all
 from autoscaler.dashboards.render import Series, Window, _matrix, expand, legend
-from autoscaler.reconcile import SCALE_EVENTS
+from autoscaler.loop.actions import SCALE_EVENTS
 
 
 def test_the_committed_json_is_what_the_builder_makes():

@@ -8,9 +8,9 @@ import threading
 import time
 from pathlib import Path
 
-from autoscaler.config import GatewayConfig
 from autoscaler.gateway.nginx import Gateway
 from autoscaler.gateway.render import PoolRoute
+from autoscaler.gateway.settings import GatewayConfig
 
 
 def routes(*servers: str) -> list[PoolRoute]:

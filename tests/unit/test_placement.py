@@ -4,9 +4,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from autoscaler.config import GpuConfig
 from autoscaler.gpus.nvml import read_topology
 from autoscaler.gpus.placement import TopologyPlacer, make_placer
+from autoscaler.gpus.settings import GpuConfig
 from autoscaler.gpus.topology import LinkKind, load_topology_file, topology_from_json, topology_to_json
 from autoscaler.runtime.local import cuda_visible_devices
 from tests.fake_nvml import FakeNvml
