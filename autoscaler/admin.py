@@ -75,7 +75,7 @@ class FleetCollector(Collector):
         events = CounterMetricFamily("gpufleet_events", "Controller events by kind",
                                      labels=["kind", "pool"])
         # every pool's scale events from 0: an annotation (increase) sees the first one too
-        counts = {(k, p.name): 0 for p in c.cfg.pools for k in SCALE_EVENTS} | dict(c.event_counts)
+        counts = {(k, p.name): 0 for p in c.cfg.pools for k in SCALE_EVENTS} | dict(c.recorder.event_counts)
         for (kind, pool), n in sorted(counts.items()):
             events.add_metric([kind, pool], n)
         yield events
@@ -154,7 +154,7 @@ class FleetCollector(Collector):
         # each pool's ups and downs by every driver it can have, from 0: the first one is an increase too
         drivers = {(p.name, d, drv): 0 for p in c.cfg.pools for d in ("up", "down")
                    for drv in (*p.targets.model_dump(exclude_none=True), "panic", "held_requests", "none")}
-        for (pool, direction, driver), n in sorted((drivers | dict(c.decisions)).items()):
+        for (pool, direction, driver), n in sorted((drivers | dict(c.recorder.decisions)).items()):
             decisions.add_metric([pool, direction, driver], n)
         yield from (per, target, slo, slo_s, objective, decisions)
 
@@ -181,10 +181,10 @@ class FleetCollector(Collector):
                                    "cost counter)", labels=["pool", "role"])
         for p in c.cfg.pools:
             for role in ROLES:
-                secs.add_metric([p.name, role], c.gpu_seconds.get((p.name, role), 0.0))
+                secs.add_metric([p.name, role], c.recorder.gpu_seconds.get((p.name, role), 0.0))
         yield secs
         yield CounterMetricFamily("gpufleet_gpu_idle_seconds", "GPU-seconds no replica held (cordoned GPUs not "
-                                  "counted)", value=c.idle_gpu_seconds)
+                                  "counted)", value=c.recorder.idle_gpu_seconds)
 
 
 class EdgeCollector(Collector):
@@ -236,7 +236,7 @@ def create_admin_app(controller: Controller, token: str | None = None, edge: Edg
         topo = controller.placer.topo
         reasons = {g.index: controller.placer.cordoned[g.id] for g in topo.gpus if g.id in controller.placer.cordoned}
         topo = replace(topo, cordoned=frozenset(reasons), cordon_reasons=reasons)
-        holders = {d.id: d.held_by for d in controller.gpu_status().devices if d.held_by}
+        holders = {g: r.id for r in controller.replicas for g in r.gpus}
         return {"topology": topology_to_json(topo), "holders": holders, "note": getattr(controller.placer, "note", "")}
 
     @app.get("/metrics")

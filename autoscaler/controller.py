@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 import time
-from collections import Counter, defaultdict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,6 +29,7 @@ from autoscaler.gateway.render import PoolRoute
 from autoscaler.gpus.telemetry import GpuReading, SlotLoad, simulated_readings
 from autoscaler.gpus.topology import Topology
 from autoscaler.loop.actions import Action
+from autoscaler.loop.record import STATUS_EVENTS, Recorder, build_status, gpu_status
 from autoscaler.reconcile import (
     GpuView,
     PoolState,
@@ -40,18 +41,7 @@ from autoscaler.reconcile import (
 )
 from autoscaler.runtime.base import Replica, Runtime
 from autoscaler.signals import ReplicaSample, parse_metrics
-from autoscaler.status import (
-    ClaimStatus,
-    EngineStatus,
-    EventStatus,
-    FleetStatus,
-    GatewayStatus,
-    GpuDevice,
-    GpuStatus,
-    PoolStatus,
-    ReplicaStatus,
-    SignalsStatus,
-)
+from autoscaler.status import FleetStatus, GatewayStatus, ReplicaStatus
 
 log = logging.getLogger("gpufleet.controller")
 
@@ -111,19 +101,14 @@ class Controller:
         self.clock = clock
         self.health: dict[str, ReplicaHealth] = {}
         self.states: dict[str, PoolState] = {p.name: PoolState() for p in cfg.pools}
-        self.events: deque[dict[str, Any]] = deque(maxlen=1000)
-        self.event_counts: Counter[tuple[str, str]] = Counter()  # since start: the counter never goes down
+        # the event log, the counters since start (events, scale decisions, GPU-seconds by pool and role)
+        self.recorder = Recorder(clock)
         self.replicas: list[Replica] = []
         self.ticks = 0
         self.tick_errors = 0
         self.tick_seconds: deque[float] = deque(maxlen=100)
         self.last_tick_at: float | None = None  # wall clock at the end of the last tick, failed or not
-        # for /metrics: the GPUs' last readings, GPU-seconds held by (pool, role) and left idle, and the
-        # scale decisions by (pool, direction, driver); counters since start
-        self.gpu_readings: list[GpuReading] = []
-        self.gpu_seconds: defaultdict[tuple[str, str], float] = defaultdict(float)
-        self.idle_gpu_seconds = 0.0
-        self.decisions: Counter[tuple[str, str, str]] = Counter()
+        self.gpu_readings: list[GpuReading] = []  # for /metrics: the GPUs' last readings
         self._accounted_at: float | None = None  # monotonic
         self._telemetry: asyncio.Task[None] | None = None
         self._gpu_check: asyncio.Task[None] | None = None  # the NVML health check, off the tick
@@ -146,10 +131,12 @@ class Controller:
     async def close(self) -> None:
         await self._http.aclose()
 
+    @property
+    def events(self) -> deque[dict[str, Any]]:
+        return self.recorder.events
+
     def event(self, kind: str, pool: str | None = None, **detail: Any) -> None:
-        e = {"t": self.clock(), "kind": kind, "pool": pool, **detail}
-        self.events.append(e)
-        self.event_counts[(kind, pool or "")] += 1
+        self.recorder.event(kind, pool, **detail)
         log.info("%s %s %s", kind, pool or "", detail)
 
     # ---- observe -------------------------------------------------------------------------
@@ -348,10 +335,9 @@ class Controller:
                    placement=a.detail.get("placement", ""))
 
     async def act(self, out: Reconciled) -> None:
+        self.recorder.record(out.events)
         for e in out.events:
-            self.event(e.kind, e.pool, **e.detail)
-            if e.kind == "decision":
-                self.decisions[(e.pool or "", str(e.detail.get("direction")), str(e.detail.get("driver")))] += 1
+            log.info("%s %s %s", e.kind, e.pool or "", dict(e.detail))
         starts: list[Action] = []
         failed: set[str] = set()  # pools with a role change that did not happen
         for a in out.actions:
@@ -416,15 +402,7 @@ class Controller:
         """GPU-seconds since the last tick, charged to the (pool, role) of the replica holding each GPU."""
         now = time.monotonic()
         dt, self._accounted_at = (now - self._accounted_at if self._accounted_at is not None else 0.0), now
-        if dt <= 0:
-            return
-        held: set[str] = set()
-        for r in self.replicas:
-            if r.gpus:
-                self.gpu_seconds[(r.pool, r.role)] += dt * len(r.gpus)
-                held.update(r.gpus)
-        free = [g for g in self.placer.topo.gpus if g.id not in held and g.id not in self.placer.cordoned]
-        self.idle_gpu_seconds += dt * len(free)
+        self.recorder.account(dt, self.replicas, (g.id for g in self.placer.topo.gpus), self.placer.cordoned)
 
     def schedule_gpu_check(self) -> None:
         if self._gpu_check is None or self._gpu_check.done():
@@ -502,64 +480,24 @@ class Controller:
 
     # ---- status --------------------------------------------------------------------------
 
-    def gpu_status(self) -> GpuStatus:
-        topo = self.placer.topo
-        holders = {g: r.id for r in self.replicas for g in r.gpus}
-        return GpuStatus(source=topo.source, devices=[
-            GpuDevice(index=g.index, id=g.id, name=g.name, memory_mb=g.memory_mb, numa=list(g.numa),
-                      held_by=holders.get(g.id), cordoned=self.placer.cordoned.get(g.id))
-            for g in topo.gpus
-        ])
-
     def status(self) -> FleetStatus:
-        pools: dict[str, PoolStatus] = {}
-        for p in self.cfg.pools:
-            st = self.states[p.name]
-            d = st.decision
-            sig = st.signals[-1] if st.signals else None
-            eng = self.engine(p.name)
-            missing = set(eng.missing_signals())
-            pools[p.name] = PoolStatus(
-                model=p.model,
-                engine=EngineStatus(name=eng.name, image=eng.image, ready_path=eng.ready_path, sleep=eng.sleep,
-                                    start_timeout_s=eng.start_timeout_s, missing_signals=sorted(missing)),
-                desired_active=d.desired_active if d else None,
-                desired_warm=d.desired_warm if d else None,
-                panic=d.panic if d else False,
-                reason=d.reason if d else None,
-                no_capacity=st.no_capacity,
-                crashes=st.crashes,
-                backoff_until=st.backoff_until if st.backoff_until > self.clock() else None,
-                backoff_reason=st.backoff_reason if st.backoff_until > self.clock() else None,
-                error=st.error,
-                held=self.activator.held.get(p.name, 0) if self.activator is not None else 0,
-                priority=p.priority,
-                unmet=st.unmet,
-                saturated=st.saturation.saturated,
-                claims=[ClaimStatus(replica=c.victim, from_pool=c.from_pool, kind=c.kind, gpus=list(c.gpus),
-                                    since=c.since) for c in st.claims.values()],
-                signals=None if sig is None else SignalsStatus(
-                    ready=sig.ready, running=sig.running, waiting=sig.waiting,
-                    kv_cache_usage=None if "kv_cache_usage" in missing else round(sig.kv_usage, 4),
-                    ttft_p95_s=sig.ttft_p95_s, request_rate=None if "request_rate" in missing else sig.request_rate),
-                replicas=[
-                    ReplicaStatus(id=r.id, role=r.role, target_role=r.target_role,
-                                  ready=bool(self.health.get(r.id) and self.health[r.id].ready),
-                                  gpus=list(r.gpus), url=r.url, upstream=r.upstream, created_at=r.created_at,
-                                  role_since=r.role_since, load=self.load(r.id),
-                                  sleeping=bool(self.health.get(r.id) and self.health[r.id].sleeping))
-                    for r in self.replicas if r.pool == p.name and not self._stopping(r)
-                ],
-            )
+        def shown(r: Replica) -> ReplicaStatus:
+            h = self.health.get(r.id)
+            return ReplicaStatus(id=r.id, role=r.role, target_role=r.target_role, ready=bool(h and h.ready),
+                                 gpus=list(r.gpus), url=r.url, upstream=r.upstream, created_at=r.created_at,
+                                 role_since=r.role_since, load=self.load(r.id), sleeping=bool(h and h.sleeping))
+
         g = self.gateway.stats
         auth, api_keys = self.gateway.access_summary()
-        return FleetStatus(
-            gpus=self.gpu_status(), time=self.clock(), runtime=self.runtime.name, ticks=self.ticks, pools=pools,
-            last_tick_at=self.last_tick_at, last_tick_s=self.tick_seconds[-1] if self.tick_seconds else None,
-            tick_errors=self.tick_errors,
+        return build_status(
+            self.cfg, self.states, self.engine, [(r.pool, shown(r)) for r in self.replicas if not self._stopping(r)],
+            now=self.clock(), runtime=self.runtime.name, ticks=self.ticks,
+            gpus=gpu_status(self.placer.topo, self.placer.cordoned, {g: r.id for r in self.replicas for g in r.gpus}),
             gateway=GatewayStatus(reloads=g.reloads, errors=g.render_errors, last_error=g.last_error,
                                   last_reload_at=g.last_reload_at, last_reload_s=g.last_reload_s,
                                   auth=auth, api_keys=api_keys),
-            events=[EventStatus(**e) for e in list(self.events)[-200:]],
+            events=list(self.recorder.events)[-STATUS_EVENTS:],
+            held=dict(self.activator.held) if self.activator is not None else {},
+            last_tick_at=self.last_tick_at, last_tick_s=self.tick_seconds[-1] if self.tick_seconds else None,
+            tick_errors=self.tick_errors,
         )
-

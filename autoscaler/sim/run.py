@@ -29,12 +29,14 @@ from autoscaler.config import FleetConfig, PoolConfig
 from autoscaler.controller import SAMPLES_KEPT
 from autoscaler.gateway.render import PoolRoute
 from autoscaler.gpus.placement import make_placer
+from autoscaler.loop.record import build_status, gpu_status
 from autoscaler.policy import decide
 from autoscaler.reconcile import GpuView, PoolState, ReplicaObs, Snapshot, place_replica, reconcile
 from autoscaler.runtime.base import Role
 from autoscaler.scaletest.loadgen import Arrival, Result
 from autoscaler.signals import ReplicaSample
 from autoscaler.sim.replica import SimReplica, SimRequest
+from autoscaler.status import GatewayStatus, ReplicaStatus
 from inference.engines.profiles import PROFILES, SimProfile
 
 _ARRIVAL, _WAKE, _ROUTES, _GONE, _EXPIRE, _TICK = range(6)  # order of events at the same instant
@@ -144,6 +146,7 @@ def simulate(
     pending_at: float | None = None
     requested: tuple[PoolRoute, ...] | None = None
     last_reload = -math.inf
+    reloads = 0
     states: dict[str, PoolState] = {}
 
     tagged = sorted(((a, pn) for pn, arr in by_pool.items() for a in arr), key=lambda x: x[0].at)
@@ -240,6 +243,7 @@ def simulate(
             routed = {p.name: [by_up[s] for s in p.servers if s in by_up] for p in pending}
             routed_ids = frozenset(n.rep.id for ns in routed.values() for n in ns)
             pending, pending_at, last_reload = None, None, now
+            reloads += 1
         elif kind == _GONE:
             nodes.pop(payload, None)
         else:  # a control-loop tick
@@ -301,7 +305,9 @@ def simulate(
                     push(pending_at, _ROUTES, None)
             if tick == _WOKEN:
                 continue
-            timeline.append((now, _status(cfg, nodes, states, now, tick, events)))
+            timeline.append((now, _status(cfg, nodes, states, gpus, now, tick, events,
+                                          {pn: len(h) for pn, h in holding.items() if h}, reloads, last_reload,
+                                          profiles[target.name].reload_s)))
             if outstanding > 0 or now + cfg.tick_s <= end + cfg.tick_s:
                 push(now + cfg.tick_s, _TICK, tick + 1)
     if len(by_pool) > 1 or any(pn != target.name for pn in by_pool):
@@ -328,36 +334,22 @@ def _result(r: SimRequest) -> Result:
                   tokens=r.max_tokens if ok else 0)
 
 
-def _status(cfg: FleetConfig, nodes: dict[str, _Node], states: dict[str, PoolState], now: float, tick: int,
-            events: list[dict[str, Any]]) -> dict[str, Any]:
-    """The `/status` document (autoscaler.status.FleetStatus) as the live stack would serve it now."""
-    pools: dict[str, Any] = {}
-    for p in cfg.pools:
-        st = states.get(p.name)
-        d = st.decision if st else None
-        sig = st.signals[-1] if st and st.signals else None
-        pools[p.name] = {
-            "model": p.model,
-            "desired_active": d.desired_active if d else None,
-            "desired_warm": d.desired_warm if d else None,
-            "panic": d.panic if d else False,
-            "reason": d.reason if d else None,
-            "no_capacity": st.no_capacity if st else None,
-            "priority": p.priority,
-            "unmet": st.unmet if st else 0,
-            "saturated": st.saturation.saturated if st else False,
-            "signals": None if sig is None else {
-                "ready": sig.ready, "running": sig.running, "waiting": sig.waiting,
-                "kv_cache_usage": round(sig.kv_usage, 4), "ttft_p95_s": sig.ttft_p95_s,
-                "request_rate": sig.request_rate},
-            "replicas": [
-                {"id": n.rep.id, "role": n.role, "target_role": n.target_role,
-                 "ready": n.role != "starting" or now >= n.ready_at, "gpus": list(n.gpus),
-                 "url": f"sim://{n.upstream}", "upstream": n.upstream, "created_at": n.created_at,
-                 "role_since": n.role_since, "load": float(n.rep.load)}
-                for n in nodes.values() if n.pool == p.name and not n.stopping],
-        }
-    new_events = [e for e in events[-50:] if e["t"] == now]
-    return {"gpus": {"source": "simulated", "devices": []}, "time": now, "runtime": "simulated", "ticks": tick,
-            "pools": pools, "gateway": {"reloads": 0, "errors": 0, "last_error": None, "last_reload_at": None,
-                                        "last_reload_s": None}, "events": new_events}
+def _status(cfg: FleetConfig, nodes: dict[str, _Node], states: dict[str, PoolState], gpus: GpuView, now: float,
+            tick: int, events: list[dict[str, Any]], held: Mapping[str, int], reloads: int, last_reload: float,
+            reload_s: float) -> dict[str, Any]:
+    """The `/status` document as the live stack would serve it now, built by the live stack's own builder;
+    only this tick's events (the report reads each once)."""
+    shown = [(n.pool, ReplicaStatus(id=n.rep.id, role=n.role, target_role=n.target_role,
+                                    ready=n.role != "starting" or now >= n.ready_at, gpus=list(n.gpus),
+                                    url=f"sim://{n.upstream}", upstream=n.upstream, created_at=n.created_at,
+                                    role_since=n.role_since, load=float(n.rep.load)))
+             for n in nodes.values() if not n.stopping]
+    holders = {g: n.rep.id for n in nodes.values() for g in n.gpus}
+    status = build_status(
+        cfg, states, lambda name: cfg.pool(name).engine_spec, shown, now=now, runtime="simulated", ticks=tick,
+        gpus=gpu_status(gpus.topo, dict.fromkeys(gpus.cordoned, "cordoned"), holders),
+        gateway=GatewayStatus(reloads=reloads, errors=0, last_error=None,
+                              last_reload_at=last_reload if reloads else None,
+                              last_reload_s=reload_s if reloads else None),
+        events=[e for e in events[-50:] if e["t"] == now], held=held, last_tick_at=now)
+    return status.model_dump()

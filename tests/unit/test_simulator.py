@@ -98,6 +98,21 @@ def test_the_real_reconcile_scales_a_burst_up_by_warm_activation_and_back_down_b
     FleetStatus.model_validate(sim.timeline[-1][1])  # the timeline is /status, typed
 
 
+def test_the_simulated_status_is_the_live_builder_s_every_tick():
+    """Every timeline entry is a FleetStatus from loop.record.build_status: the engine, the GPUs and who
+    holds them, the gateway's reloads, the same fields the live /status has."""
+    sim = simulate(fleet(), BURST, duration_s=90)
+    statuses = [FleetStatus.model_validate(st) for _, st in sim.timeline]
+    last = statuses[-1]
+    pool = last.pools["chat"]
+    assert pool.engine is not None and pool.engine.name == "sim"
+    held = {d.id: d.held_by for d in last.gpus.devices if d.held_by}
+    assert len(last.gpus.devices) == 8 and held
+    assert set(held.values()) <= {r.id for r in pool.replicas} | {e["replica"] for e in sim.events if "replica" in e}
+    assert last.gateway.reloads > 0 and last.gateway.last_reload_at is not None
+    assert [s.ticks for s in statuses] == sorted(s.ticks for s in statuses)
+
+
 def test_the_simulation_is_deterministic():
     a, b = simulate(fleet(), BURST, duration_s=90), simulate(fleet(), BURST, duration_s=90)
     assert [(r.at, r.e2e) for r in a.results] == [(r.at, r.e2e) for r in b.results]
