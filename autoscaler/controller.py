@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,6 +29,7 @@ from autoscaler.gateway.render import PoolRoute
 from autoscaler.gpus.telemetry import GpuReading, SlotLoad, simulated_readings
 from autoscaler.gpus.topology import Topology
 from autoscaler.loop.actions import Action
+from autoscaler.loop.actuate import Actuator, ThreadExecutor
 from autoscaler.loop.record import STATUS_EVENTS, Recorder, build_status, gpu_status
 from autoscaler.reconcile import (
     GpuView,
@@ -36,7 +37,6 @@ from autoscaler.reconcile import (
     Reconciled,
     ReplicaObs,
     Snapshot,
-    note_crash,
     reconcile,
 )
 from autoscaler.runtime.base import Replica, Runtime
@@ -113,14 +113,14 @@ class Controller:
         self._telemetry: asyncio.Task[None] | None = None
         self._gpu_check: asyncio.Task[None] | None = None  # the NVML health check, off the tick
         self._http = httpx.AsyncClient(timeout=cfg.scrape_timeout_s)
-        self._busy: set[str] = set()  # replicas with a removal in flight
-        self._tasks: set[asyncio.Task[None]] = set()
         self._routed: frozenset[str] = frozenset()  # replica ids in the config nginx last loaded
-        self._last_routes: dict[str, PoolRoute] = {}
         self._wake = asyncio.Event()  # a request is held for a pool at zero: tick now
         if activator is not None:
             activator.notify = self.wake
-        self._sleep_calls: set[str] = set()  # replicas with a /sleep or /wake_up in flight
+        self.executor = ThreadExecutor()
+        self.actuator = Actuator(runtime, gateway, self.recorder, self.executor, clock,
+                                 publish_routes=self._publish_routes if activator is not None else None,
+                                 sleeper=self._sleep_or_wake, forget=self._forget)
         self._probes: dict[str, asyncio.Task[None]] = {}  # readiness probes in flight, by replica
         self.engines: dict[str, Engine] = {p.name: p.engine_spec for p in cfg.pools}
         gateway.on_reload.append(self._on_reload)
@@ -210,12 +210,13 @@ class Controller:
     async def observe(self) -> Snapshot:
         reps = await asyncio.to_thread(self.runtime.list)
         for r in reps:
-            if r.stopping and r.id not in self._busy:  # a removal a previous autoscaler began: finish it
-                self._stop(Action("stop", r.pool, r.id, reason="a removal begun before a restart"), "stop_resumed")
+            if r.stopping and r.id not in self.actuator.busy:  # a removal a previous autoscaler began: finish it
+                self.actuator.stop(Action("stop", r.pool, r.id, reason="a removal begun before a restart"),
+                                   "stop_resumed")
         await asyncio.gather(*(self._scrape(r) for r in reps if r.alive and not self._stopping(r)))
         ids = {r.id for r in reps}
         for rid in list(self.health):
-            if rid not in ids and rid not in self._busy:
+            if rid not in ids and rid not in self.actuator.busy:
                 del self.health[rid]
         for rid in [rid for rid in self._probes if rid not in ids or self._probes[rid].done()]:
             task = self._probes.pop(rid)
@@ -231,6 +232,7 @@ class Controller:
             routed=self._routed,
             gateway_pending=self.gateway.pending,
             held=dict(self.activator.held) if self.activator is not None else {},
+            start_failures=self.actuator.take_start_failures(),
         )
 
     def _obs(self, r: Replica) -> ReplicaObs:
@@ -244,7 +246,7 @@ class Controller:
         )
 
     def _stopping(self, r: Replica) -> bool:
-        return r.stopping or r.id in self._busy
+        return r.stopping or r.id in self.actuator.busy
 
     def load(self, rid: str) -> float:
         h = self.health.get(rid)
@@ -253,118 +255,37 @@ class Controller:
         s = h.samples[-1]
         return s.running + s.waiting
 
-    # ---- act -----------------------------------------------------------------------------
+    # ---- act: the Actuator, with what only the live loop has -------------------------------
 
-    def _background(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _forget(self, rid: str) -> None:
+        self.health.pop(rid, None)
 
-    def _stop(self, a: Action, kind: str = "stop") -> None:
-        """Stopping takes seconds (graceful first): never on the loop's critical path."""
-        rid = a.replica
-        assert rid is not None
-        self._busy.add(rid)
-        self.event(kind, a.pool, replica=rid, role=a.detail.get("role"), reason=a.reason)
-
-        async def go() -> None:
-            try:
-                await asyncio.to_thread(self.runtime.remove, rid)
-            except Exception as e:  # the next tick sees it again and retries
-                log.error("stopping %s failed: %s", rid, e)
-            finally:
-                self._busy.discard(rid)
-                self.health.pop(rid, None)
-
-        self._background(go())
-
-    def _sleep_or_wake(self, a: Action) -> None:
-        """POST /sleep or /wake_up in the background (waking takes seconds); the next scrape sees it."""
-        rid = a.replica
+    async def _sleep_or_wake(self, rid: str, kind: str) -> None:
+        """POST /sleep or /wake_up (waking takes seconds); the next scrape sees it."""
         r = next((x for x in self.replicas if x.id == rid), None)
-        if r is None or rid in self._sleep_calls:
+        if r is None:
             return
-        self._sleep_calls.add(r.id)
-        self.event(a.kind, a.pool, replica=r.id, reason=a.reason)
-        path = "/sleep?level=1" if a.kind == "sleep" else "/wake_up"
-
-        async def go() -> None:
-            try:
-                resp = await self._http.post(f"{r.url}{path}", timeout=120)
-                if resp.status_code == 200:
-                    self.health.setdefault(r.id, ReplicaHealth()).sleeping = a.kind == "sleep"
-                else:
-                    log.warning("%s %s answered %s", path, r.id, resp.status_code)
-            except httpx.HTTPError as e:
-                log.warning("%s %s failed: %s", path, r.id, e)
-            finally:
-                self._sleep_calls.discard(r.id)
-                self._wake.set()  # a woken replica can be activated now
-
-        self._background(go())
-
-    async def _set_role(self, a: Action) -> bool:
-        rid = a.replica
-        assert rid is not None and a.role is not None
+        path = "/sleep?level=1" if kind == "sleep" else "/wake_up"
         try:
-            await asyncio.to_thread(self.runtime.set_role, rid, a.role, a.target, a.claimed_for)
-        except Exception as e:  # one replica's failure must not stop the others' changes
-            self.event("role_change_failed", a.pool, replica=rid, role=a.role, reason=f"{type(e).__name__}: {e}")
-            return False
-        if a.kind == "promote":
-            self.event("ready", a.pool, replica=rid, role=a.role, **a.detail)
-        elif a.kind == "retarget":
-            self.event("retarget", a.pool, replica=rid, target=a.target, reason=a.reason)
-        else:
-            self.event(a.kind, a.pool, replica=rid, reason=a.reason)
-        return True
+            resp = await self._http.post(f"{r.url}{path}", timeout=120)
+            if resp.status_code == 200:
+                self.health.setdefault(r.id, ReplicaHealth()).sleeping = kind == "sleep"
+            else:
+                log.warning("%s %s answered %s", path, r.id, resp.status_code)
+        except httpx.HTTPError as e:
+            log.warning("%s %s failed: %s", path, r.id, e)
+        finally:
+            self._wake.set()  # a woken replica can be activated now
 
-    async def _create(self, a: Action) -> None:
-        spec = a.spec
-        assert spec is not None
-        try:
-            r = await asyncio.to_thread(self.runtime.create, spec)
-        except Exception as e:  # an image missing, a daemon error: the next tick tries again, after a backoff
-            why = f"{type(e).__name__}: {e}"
-            st = note_crash(self.cfg.pool(spec.pool), self.states[spec.pool], self.clock(), f"start failed: {why}")
-            self.states[spec.pool] = st
-            self.event("start_failed", spec.pool, target=spec.target_role, reason=why, crashes=st.crashes,
-                       backoff_s=round(max(st.backoff_until - self.clock(), 0.0), 3))
-            return
-        self.event("start", spec.pool, replica=r.id, target=spec.target_role, gpus=list(r.gpus), reason=a.reason,
-                   placement=a.detail.get("placement", ""))
+    def _publish_routes(self, routes: Sequence[PoolRoute]) -> None:
+        """Held requests go to a ready replica now, not after the reload."""
+        assert self.activator is not None
+        self.activator.publish({p.name: [f"http://{s}" for s in p.servers] for p in routes},
+                               {f"http://{s}": rid for p in routes for s, rid in zip(p.servers, p.replica_ids,
+                                                                                      strict=False)})
 
     async def act(self, out: Reconciled) -> None:
-        self.recorder.record(out.events)
-        for e in out.events:
-            log.info("%s %s %s", e.kind, e.pool or "", dict(e.detail))
-        starts: list[Action] = []
-        failed: set[str] = set()  # pools with a role change that did not happen
-        for a in out.actions:
-            if a.kind == "stop":
-                self._stop(a)
-            elif a.kind in ("sleep", "wake"):
-                self._sleep_or_wake(a)
-            elif a.kind == "start":
-                starts.append(a)
-            elif not await self._set_role(a):
-                failed.add(a.pool)
-        # Routing first (warm activation, drains), then the slow part: creating replicas. A pool whose
-        # role change failed keeps the routes it had; the next tick sees the runtime's truth again.
-        routes = tuple(self._last_routes.get(p.name, p) if p.name in failed else p for p in out.routes)
-        self._last_routes = {p.name: p for p in routes}
-        if self.activator is not None:  # held requests go to a ready replica now, not after the reload
-            self.activator.publish({p.name: [f"http://{s}" for s in p.servers] for p in routes},
-                                   {f"http://{s}": rid for p in routes for s, rid in zip(p.servers, p.replica_ids,
-                                                                                          strict=False)})
-        by_upstream = {r.upstream: r.id for r in self.replicas}
-        route_ids = frozenset(by_upstream[s] for p in routes for s in p.servers if s in by_upstream)
-        await self.gateway.update(routes, tag=route_ids)
-        # which pools overflow to their fallbacks: a file njs reads, rewritten every tick (its age tells
-        # the gateway the autoscaler is alive); a thread, as every gateway call
-        await asyncio.to_thread(self.gateway.publish_state, out.saturated, self.clock())
-        if starts:
-            await asyncio.gather(*(self._create(a) for a in starts))
+        await self.actuator.apply(out)
         if out.actions:
             self.replicas = await asyncio.to_thread(self.runtime.list)
         if self.targets is not None:
@@ -470,7 +391,7 @@ class Controller:
 
     async def shutdown_replicas(self) -> None:
         """Stop every replica; one that fails to stop must not leave the others running."""
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self.executor.tasks, return_exceptions=True)
         reps = await asyncio.to_thread(self.runtime.list)
         results = await asyncio.gather(*(asyncio.to_thread(self.runtime.remove, r.id) for r in reps),
                                        return_exceptions=True)

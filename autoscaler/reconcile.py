@@ -51,7 +51,7 @@ from autoscaler.gateway.routing import SaturationState, next_saturation
 from autoscaler.gpus.placement import choose_gpus
 from autoscaler.gpus.slots import Placement
 from autoscaler.gpus.topology import LinkKind, Topology
-from autoscaler.loop.actions import Action, Event
+from autoscaler.loop.actions import Action, Event, StartFailure
 from autoscaler.planner import ReplicaView, drain_finished, plan
 from autoscaler.policy import Decision, PolicyState, PoolView, decide
 from autoscaler.runtime.base import ReplicaSpec, Role
@@ -109,6 +109,7 @@ class Snapshot:
     routed: frozenset[str] = frozenset()  # replica ids in the config nginx last loaded
     gateway_pending: bool = False  # a route change waits for its reload
     held: Mapping[str, int] = field(default_factory=dict)  # pool → requests the activator holds
+    start_failures: tuple[StartFailure, ...] = ()  # starts the runtime refused since the last tick
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,15 @@ def reconcile(
         acts.append(Action("stop", r.pool, r.id, reason=why, detail={"role": r.role}))
         del live[r.id]
 
-    # 1. Dead or failing replicas go first, so that the policy sees the truth.
+    # 1. Starts the runtime refused, dead or failing replicas go first, so that the policy sees the truth.
+    for f in snap.start_failures:
+        if (p := pools.get(f.pool)) is None:
+            continue
+        st = note_crash(p, work[p.name], now, f"start failed: {f.reason}")
+        work[p.name] = st
+        events.append(Event("start_failed", p.name, {
+            "target": f.target, "reason": f.reason, "crashes": st.crashes,
+            "backoff_s": round(max(st.backoff_until - now, 0.0), 3)}))
     for r in list(live.values()):
         if not r.alive:
             stop(r, "process/container exited")

@@ -30,6 +30,15 @@ class Action:
 
 
 @dataclass(frozen=True)
+class StartFailure:
+    """A start the runtime refused (an image missing, a daemon error): the next tick's reconcile counts it."""
+
+    pool: str
+    target: Role
+    reason: str
+
+
+@dataclass(frozen=True)
 class Event:
     kind: str
     pool: str | None

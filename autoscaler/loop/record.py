@@ -47,7 +47,8 @@ class Holder(Protocol):
 class Recorder:
     """The event log and the counters /metrics exports (they only go up, from the process' start)."""
 
-    def __init__(self, clock: Callable[[], float], keep: int = EVENTS_KEPT) -> None:
+    def __init__(self, clock: Callable[[], float], keep: int | None = EVENTS_KEPT) -> None:
+        """keep: how many events the log holds (None: all, as the simulator keeps them)."""
         self.clock = clock
         self.events: deque[dict[str, Any]] = deque(maxlen=keep)
         self.event_counts: Counter[tuple[str, str]] = Counter()  # (kind, pool)

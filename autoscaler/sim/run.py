@@ -29,10 +29,11 @@ from autoscaler.config import FleetConfig, PoolConfig
 from autoscaler.controller import SAMPLES_KEPT
 from autoscaler.gateway.render import PoolRoute
 from autoscaler.gpus.placement import make_placer
-from autoscaler.loop.record import build_status, gpu_status
+from autoscaler.loop.actuate import Actuator, InlineExecutor, run_inline
+from autoscaler.loop.record import Recorder, build_status, gpu_status
 from autoscaler.policy import decide
 from autoscaler.reconcile import GpuView, PoolState, ReplicaObs, Snapshot, place_replica, reconcile
-from autoscaler.runtime.base import Role
+from autoscaler.runtime.base import Replica, ReplicaSpec, Role
 from autoscaler.scaletest.loadgen import Arrival, Result
 from autoscaler.signals import ReplicaSample
 from autoscaler.sim.replica import SimReplica, SimRequest
@@ -115,7 +116,7 @@ def simulate(
     order = itertools.count()
     results: list[Result] = []
     timeline: list[tuple[float, dict[str, Any]]] = []
-    events: list[dict[str, Any]] = []
+    recorder = Recorder(lambda: now, keep=None)  # every event: SimResult.events
     done: list[SimRequest] = []
 
     def push(t: float, kind: int, payload: Any) -> None:
@@ -186,6 +187,70 @@ def simulate(
             done_ids.append(r.i)
         batch.clear()
 
+    class SimRuntime:
+        """The runtime as the Actuator drives it: replicas are nodes; a start loads for startup_s + load_time_s,
+        a stop fails what the replica still held and keeps its GPUs for stop_s."""
+
+        name = "simulated"
+
+        def list(self) -> list[Replica]:
+            return [_replica(n) for n in nodes.values()]
+
+        def create(self, spec: ReplicaSpec) -> Replica:
+            p = cfg.pool(spec.pool)
+            prof = profiles[p.name]
+            return _replica(new_node(p, "starting", spec.target_role, now, spec.gpus,
+                                     now + prof.startup_s + prof.load_time_s))
+
+        def set_role(self, replica_id: str, role: Role, target_role: Role | None = None,
+                     claimed_for: str | None = None) -> None:
+            n = nodes[replica_id]
+            n.role, n.target_role, n.role_since = role, target_role or role, now
+
+        def remove(self, replica_id: str) -> None:
+            n = nodes.get(replica_id)
+            if n is None or n.stopping:
+                return
+            finish(n.rep.fail_all("stream cut: replica stopped", now))
+            n.stopping = True
+            push(now + profiles[n.pool].stop_s, _GONE, n.rep.id)
+            for ns in routed.values():  # a stopped process refuses connections at once
+                if n in ns:
+                    ns.remove(n)
+
+    class SimGateway:
+        """nginx as the Actuator drives it: a change of routes applies after the reload interval and reload_s;
+        the overflow state file applies at once."""
+
+        async def update(self, routes: Sequence[PoolRoute], tag: object = None) -> bool:
+            nonlocal requested, pending, pending_at
+            if tuple(routes) == requested:
+                return False
+            requested = pending = tuple(routes)
+            if pending_at is None:
+                pending_at = max(now, last_reload + cfg.gateway.reload_min_interval_s) + profiles[target.name].reload_s
+                push(pending_at, _ROUTES, None)
+            return True
+
+        def publish_state(self, state: Mapping[str, bool], at: float) -> None:
+            saturated.clear()
+            saturated.update(state)
+
+    def activator(routes: Sequence[PoolRoute]) -> None:
+        """The activator forwards held requests to a ready replica at once, before nginx reloads."""
+        by_up = {n.upstream: n for n in nodes.values() if not n.stopping}
+        for pr in routes:
+            held = holding.get(pr.name) or []
+            ready = [by_up[u] for u in pr.servers if u in by_up] if held else []
+            if ready:
+                for r in held:
+                    served_by[r.i] = pr.name
+                    dispatch(r, ready, now)
+                held.clear()
+
+    actuator = Actuator(SimRuntime(), SimGateway(), recorder, InlineExecutor(), lambda: now,
+                        publish_routes=activator)
+
     now = 0.0
     while heap:
         now, kind, _, payload = heapq.heappop(heap)
@@ -253,59 +318,14 @@ def simulate(
                     n.samples.append(n.rep.sample(now, ttft_signal[n.pool]))
             snap = Snapshot(now=now, replicas=tuple(_obs(n, now) for n in nodes.values()), gpus=gpus,
                             routed=routed_ids, gateway_pending=pending is not None,
-                            held={pn: len(h) for pn, h in holding.items() if h})
+                            held={pn: len(h) for pn, h in holding.items() if h},
+                            start_failures=actuator.take_start_failures())
             out = reconcile(cfg, snap, states, now, policy, initial_state)
             states = dict(out.states)
-            saturated = out.saturated
-            for e in out.events:
-                events.append({"t": now, "kind": e.kind, "pool": e.pool, **e.detail})
-            for a in out.actions:
-                n = nodes.get(a.replica or "")
-                if a.kind == "start" and a.spec is not None:
-                    p = cfg.pool(a.pool)
-                    prof = profiles[p.name]
-                    m = new_node(p, "starting", a.role or "active", now, a.spec.gpus,
-                                 now + prof.startup_s + prof.load_time_s)
-                    events.append({"t": now, "kind": "start", "pool": a.pool, "replica": m.rep.id,
-                                   "target": a.role, "gpus": list(a.spec.gpus), "reason": a.reason})
-                    continue
-                if n is None:
-                    continue
-                if a.kind == "stop":
-                    lost = n.rep.fail_all("stream cut: replica stopped", now)
-                    finish(lost)
-                    n.stopping = True
-                    push(now + profiles[n.pool].stop_s, _GONE, n.rep.id)
-                    for ns in routed.values():  # a stopped process refuses connections at once
-                        if n in ns:
-                            ns.remove(n)
-                elif a.kind == "retarget":
-                    n.target_role, n.role_since = a.target or n.target_role, now
-                elif a.role is not None:
-                    n.role, n.target_role, n.role_since = a.role, a.role, now
-                kind_name = "ready" if a.kind == "promote" else a.kind
-                events.append({"t": now, "kind": kind_name, "pool": a.pool, "replica": a.replica,
-                               "reason": a.reason, **a.detail})
-            # the activator forwards to a ready replica at once, before nginx reloads
-            by_up = {n.upstream: n for n in nodes.values() if not n.stopping}
-            for pr in out.routes:
-                held = holding.get(pr.name) or []
-                ready = [by_up[u] for u in pr.servers if u in by_up] if held else []
-                if ready:
-                    for r in held:
-                        served_by[r.i] = pr.name
-                        dispatch(r, ready, now)
-                    held.clear()
-            if out.routes != requested:
-                requested = out.routes
-                pending = out.routes
-                if pending_at is None:
-                    prof = profiles[target.name]
-                    pending_at = max(now, last_reload + cfg.gateway.reload_min_interval_s) + prof.reload_s
-                    push(pending_at, _ROUTES, None)
+            run_inline(actuator.apply(out))  # the live Actuator, on the simulated runtime and gateway
             if tick == _WOKEN:
                 continue
-            timeline.append((now, _status(cfg, nodes, states, gpus, now, tick, events,
+            timeline.append((now, _status(cfg, nodes, states, gpus, now, tick, _this_tick(recorder, now),
                                           {pn: len(h) for pn, h in holding.items() if h}, reloads, last_reload,
                                           profiles[target.name].reload_s)))
             if outstanding > 0 or now + cfg.tick_s <= end + cfg.tick_s:
@@ -313,7 +333,7 @@ def simulate(
     if len(by_pool) > 1 or any(pn != target.name for pn in by_pool):
         for res, i in zip(results, done_ids, strict=True):
             res.pool, res.served_by = asked[i], served_by.get(i)
-    return SimResult(name, sorted(results, key=lambda r: r.at), timeline, events, now,
+    return SimResult(name, sorted(results, key=lambda r: r.at), timeline, list(recorder.events), now,
                      time.perf_counter() - wall0, target.name)
 
 
@@ -334,6 +354,22 @@ def _result(r: SimRequest) -> Result:
                   tokens=r.max_tokens if ok else 0)
 
 
+def _this_tick(recorder: Recorder, now: float) -> list[dict[str, Any]]:
+    """The events recorded at `now`, oldest first (the newest are at the end of the log)."""
+    out = []
+    for e in reversed(recorder.events):
+        if e["t"] != now:
+            break
+        out.append(e)
+    return out[::-1]
+
+
+def _replica(n: _Node) -> Replica:
+    return Replica(id=n.rep.id, pool=n.pool, model="", role=n.role, target_role=n.target_role,
+                   url=f"sim://{n.upstream}", upstream=n.upstream, gpus=n.gpus, config_hash=n.config_hash,
+                   created_at=n.created_at, alive=True, role_since=n.role_since, stopping=n.stopping)
+
+
 def _status(cfg: FleetConfig, nodes: dict[str, _Node], states: dict[str, PoolState], gpus: GpuView, now: float,
             tick: int, events: list[dict[str, Any]], held: Mapping[str, int], reloads: int, last_reload: float,
             reload_s: float) -> dict[str, Any]:
@@ -351,5 +387,5 @@ def _status(cfg: FleetConfig, nodes: dict[str, _Node], states: dict[str, PoolSta
         gateway=GatewayStatus(reloads=reloads, errors=0, last_error=None,
                               last_reload_at=last_reload if reloads else None,
                               last_reload_s=reload_s if reloads else None),
-        events=[e for e in events[-50:] if e["t"] == now], held=held, last_tick_at=now)
+        events=events, held=held, last_tick_at=now)
     return status.model_dump()

@@ -371,3 +371,20 @@ def test_warm_pool_asleep_puts_idle_warm_replicas_to_sleep_and_sleepers_give_the
     stops = [a for a in out.actions if a.kind == "stop"]
     assert [(a.replica, a.pool) for a in stops] == [("2", "batch")] and "reclaimed" in stops[0].reason
     assert "reclaimed" in (out.states["chat"].no_capacity or "")
+
+
+def test_a_start_the_runtime_refused_counts_towards_the_backoff_here_not_in_the_actuator():
+    from autoscaler.loop.actions import StartFailure
+
+    cfg = fleet(start_backoff_s=5, min_replicas=2)
+    fail = StartFailure("chat", "active", "ImageNotFound: gpufleet/replica:missing")
+    first = reconcile(cfg, replace(snap(rep("1", gpu=0)), start_failures=(fail,)), steady(2), NOW)
+    ev = [e for e in first.events if e.kind == "start_failed"]
+    assert [(e.pool, e.detail["target"], e.detail["crashes"]) for e in ev] == [("chat", "active", 1)]
+    assert "ImageNotFound" in ev[0].detail["reason"]
+    # a first failure is retried at once; a second in a row waits the backoff before the next cold start
+    assert [a.kind for a in first.actions].count("start") == 1
+    second = reconcile(cfg, replace(snap(rep("1", gpu=0)), now=NOW + 1, start_failures=(fail,)),
+                       first.states, NOW + 1)
+    assert second.states["chat"].crashes == 2 and second.states["chat"].backoff_until == NOW + 1 + 5
+    assert not [a for a in second.actions if a.kind == "start"]
