@@ -30,8 +30,7 @@ from autoscaler.gpus.telemetry import GpuReading, SlotLoad, simulated_readings
 from autoscaler.gpus.topology import Topology
 from autoscaler.loop.actions import Action
 from autoscaler.loop.actuate import Actuator, ThreadExecutor
-from autoscaler.loop.record import STATUS_EVENTS, Recorder, build_status, gpu_status
-from autoscaler.reconcile import (
+from autoscaler.loop.reconcile import (
     GpuView,
     PoolState,
     Reconciled,
@@ -39,8 +38,9 @@ from autoscaler.reconcile import (
     Snapshot,
     reconcile,
 )
+from autoscaler.loop.record import STATUS_EVENTS, Recorder, build_status, gpu_status
+from autoscaler.loop.signals import ReplicaSample, parse_metrics
 from autoscaler.runtime.base import Replica, Runtime
-from autoscaler.signals import ReplicaSample, parse_metrics
 from autoscaler.status import FleetStatus, GatewayStatus, ReplicaStatus
 
 log = logging.getLogger("gpufleet.controller")

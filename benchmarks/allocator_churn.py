@@ -5,7 +5,7 @@ replayed against each allocator. Multi-GPU requests need NVLink between every
 pair (tensor parallel over PCIe is refused by policy). We count requests
 refused while at least k GPUs were free — capacity lost to fragmentation.
 
-"gpufleet + moves" is the live loop's answer to such a refusal (autoscaler.arbiter.find_move,
+"gpufleet + moves" is the live loop's answer to such a refusal (autoscaler.loop.arbiter.find_move,
 the same function): re-place one smaller replica outside the set the request needs, when it
 fits elsewhere. Each move is one replica restarted (started elsewhere first, then drained):
 the churn it costs is counted.
@@ -21,11 +21,11 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from autoscaler.arbiter import Candidate, PoolShare, find_move
 from autoscaler.gpus.allocator import Allocation, Request, allocate, first_fit
 from autoscaler.gpus.placement import choose_gpus
 from autoscaler.gpus.slots import Placement
 from autoscaler.gpus.topology import Gpu, Link, LinkKind, Topology, load_topology_file
+from autoscaler.loop.arbiter import Candidate, PoolShare, find_move
 
 FIX = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "topology"
 

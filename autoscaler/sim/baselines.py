@@ -20,8 +20,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from autoscaler.config import Behavior, FleetConfig, PoolConfig, RatePolicy, ScaleRules, Targets, WarmPool
-from autoscaler.policy import Decision, PolicyState, PoolView, decide
-from autoscaler.signals import PoolSignals
+from autoscaler.loop.policy import Decision, PolicyState, PoolView, decide
+from autoscaler.loop.signals import PoolSignals
 
 # Kubernetes HPA defaults (k8s.io/kubernetes pkg/controller/podautoscaler; HPA docs, "Default Behavior"):
 # sync period 15 s, tolerance 0.1, scale-up: stabilization 0 s, max(+100 %, +4 pods) per 15 s;

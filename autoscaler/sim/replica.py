@@ -17,7 +17,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from autoscaler.signals import ReplicaSample
+from autoscaler.loop.signals import ReplicaSample
 from inference.engines.profiles import SimProfile
 from inference.metrics import TTFT_BUCKETS
 

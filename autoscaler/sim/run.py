@@ -30,12 +30,12 @@ from autoscaler.controller import SAMPLES_KEPT
 from autoscaler.gateway.render import PoolRoute
 from autoscaler.gpus.placement import make_placer
 from autoscaler.loop.actuate import Actuator, InlineExecutor, run_inline
+from autoscaler.loop.policy import decide
+from autoscaler.loop.reconcile import GpuView, PoolState, ReplicaObs, Snapshot, place_replica, reconcile
 from autoscaler.loop.record import Recorder, build_status, gpu_status
-from autoscaler.policy import decide
-from autoscaler.reconcile import GpuView, PoolState, ReplicaObs, Snapshot, place_replica, reconcile
+from autoscaler.loop.signals import ReplicaSample
 from autoscaler.runtime.base import Replica, ReplicaSpec, Role
 from autoscaler.scaletest.loadgen import Arrival, Result
-from autoscaler.signals import ReplicaSample
 from autoscaler.sim.replica import SimReplica, SimRequest
 from autoscaler.status import GatewayStatus, ReplicaStatus
 from inference.engines.profiles import PROFILES, SimProfile

@@ -13,7 +13,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from autoscaler.signals import parse_metrics
+from autoscaler.loop.signals import parse_metrics
 from tests.helpers import free_port, replica_process, wait_for
 
 

@@ -1,4 +1,4 @@
-"""GPUs between pools (autoscaler.arbiter through reconcile): priorities, reclaim by drain, equal shares,
+"""GPUs between pools (autoscaler.loop.arbiter through reconcile): priorities, reclaim by drain, equal shares,
 guaranteed minimums, fragmentation moves. Snapshots in, actions and claims out; tick by tick where the
 rule is about what happens next."""
 
@@ -11,9 +11,9 @@ from typing import Any
 from autoscaler.config import FleetConfig, parse_config
 from autoscaler.gateway.routing import SaturationState, next_saturation
 from autoscaler.gpus.topology import Link, LinkKind, Topology, load_topology_file, uniform_topology
-from autoscaler.policy import Decision, PolicyState
-from autoscaler.reconcile import GpuView, PoolState, ReplicaObs, Snapshot, fleet_sizes, reconcile
-from autoscaler.signals import ReplicaSample
+from autoscaler.loop.policy import Decision, PolicyState
+from autoscaler.loop.reconcile import GpuView, PoolState, ReplicaObs, Snapshot, fleet_sizes, reconcile
+from autoscaler.loop.signals import ReplicaSample
 
 NOW = 1000.0
 TOPO = Path(__file__).resolve().parent.parent / "fixtures" / "topology"
@@ -176,7 +176,7 @@ def test_freed_gpus_go_to_the_pool_that_claimed_them_not_to_a_pool_listed_first(
     lb = rep(cfg, "lb", "low", gpus=("vslot1",), load=8)
     high = rep(cfg, "h1", "high", gpus=("vslot2",), load=8)
     states = steady(cfg, low=2, high=2)
-    from autoscaler.arbiter import Claim
+    from autoscaler.loop.arbiter import Claim
 
     states["high"] = replace(states["high"], claims={"la": Claim("la", "low", ("vslot0",), "reclaim", NOW - 5)})
     out = reconcile(cfg, snap(slots(3), lb, high), states, NOW)  # la is gone

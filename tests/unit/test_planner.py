@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from autoscaler.planner import ReplicaView, drain_finished, plan
+from autoscaler.loop.planner import ReplicaView, drain_finished, plan
 
 
 def rv(rid, role, target=None, ready=True, load=0.0, created=0.0, since=0.0) -> ReplicaView:

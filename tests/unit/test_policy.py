@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autoscaler.config import PoolConfig
-from autoscaler.policy import Decision, PolicyState, PoolView, decide
-from autoscaler.signals import PoolSignals
+from autoscaler.loop.policy import Decision, PolicyState, PoolView, decide
+from autoscaler.loop.signals import PoolSignals
 
 
 def pool(**kw) -> PoolConfig:

@@ -14,9 +14,9 @@ import pytest
 
 from autoscaler.config import parse_config
 from autoscaler.gpus.topology import Link, LinkKind, uniform_topology
-from autoscaler.policy import PolicyState
-from autoscaler.reconcile import GpuView, PoolState, ReplicaObs, Snapshot, reconcile
-from autoscaler.signals import ReplicaSample
+from autoscaler.loop.policy import PolicyState
+from autoscaler.loop.reconcile import GpuView, PoolState, ReplicaObs, Snapshot, reconcile
+from autoscaler.loop.signals import ReplicaSample
 
 NOW = 1000.0
 
@@ -54,7 +54,7 @@ def snap(*reps: ReplicaObs, routed: set[str] | None = None, pending: bool = Fals
 
 def steady(desired: int, warm: int = 0) -> dict[str, PoolState]:
     """A pool that has been running at `desired` for a while (no change pending)."""
-    from autoscaler.policy import Decision
+    from autoscaler.loop.policy import Decision
 
     st = PolicyState(desired=desired, changes=((0.0, desired),), recommendations=((NOW - 10, desired),))
     return {"chat": PoolState(policy=st, decision=Decision(desired, warm, False, "steady", st))}
@@ -327,7 +327,7 @@ def test_an_exception_in_one_pools_step_is_an_event_and_the_other_pool_goes_on()
     def policy(p, signals, view, state, now):
         if p.name == "a":
             raise ZeroDivisionError("bad signal")
-        from autoscaler.policy import decide
+        from autoscaler.loop.policy import decide
         return decide(p, signals, view, state, now)
 
     a = replace(rep("1", gpu=0), pool="a")

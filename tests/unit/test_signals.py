@@ -6,7 +6,7 @@ import pytest
 
 from autoscaler.config import MetricsOverride
 from autoscaler.engines import LLAMACPP_METRICS, SGLANG_METRICS, TGI_METRICS, VLLM_METRICS
-from autoscaler.signals import histogram_quantile, parse_metrics, pool_signals
+from autoscaler.loop.signals import histogram_quantile, parse_metrics, pool_signals
 
 VLLM = """
 # HELP vllm:num_requests_running x

@@ -11,10 +11,10 @@ import pytest
 
 from autoscaler.cli import main
 from autoscaler.config import parse_config
-from autoscaler.policy import PoolView
+from autoscaler.loop.policy import PoolView
+from autoscaler.loop.signals import PoolSignals
 from autoscaler.scaletest.loadgen import Arrival, constant_rate
 from autoscaler.scaletest.scenario import Scenario
-from autoscaler.signals import PoolSignals
 from autoscaler.sim.baselines import aibrix_apa, hpa, keda, knative_kpa, static
 from autoscaler.sim.compare import clairvoyant_gpu_seconds, compare, slo_attainment
 from autoscaler.sim.replica import SimReplica, SimRequest

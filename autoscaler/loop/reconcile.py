@@ -24,7 +24,7 @@ What a tick decides, in order (each rule is one block below):
    policy → the planner's actions (activate warm first, retarget loading
    replicas, cold-start the rest, drain the surplus, trim the warm pool), with
    GPUs placed for each start by the topology-aware allocator; a start that
-   finds no GPU asks the arbiter (autoscaler.arbiter) for other pools'
+   finds no GPU asks the arbiter (autoscaler.loop.arbiter) for other pools'
    replicas: claimed GPUs are reserved for the pool that claimed them, and a
    claimed replica is stopped, not kept warm, once drained; whether the pool
    is saturated (its requests overflow to its fallbacks at the gateway);
@@ -43,7 +43,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from autoscaler.arbiter import Candidate, Claim, ClaimKind, PoolShare, find_move, find_reclaim
 from autoscaler.config import FleetConfig, PoolConfig
 from autoscaler.engines import resolve
 from autoscaler.gateway.render import PoolRoute
@@ -52,10 +51,11 @@ from autoscaler.gpus.placement import choose_gpus
 from autoscaler.gpus.slots import Placement
 from autoscaler.gpus.topology import LinkKind, Topology
 from autoscaler.loop.actions import Action, Event, StartFailure
-from autoscaler.planner import ReplicaView, drain_finished, plan
-from autoscaler.policy import Decision, PolicyState, PoolView, decide
+from autoscaler.loop.arbiter import Candidate, Claim, ClaimKind, PoolShare, find_move, find_reclaim
+from autoscaler.loop.planner import ReplicaView, drain_finished, plan
+from autoscaler.loop.policy import Decision, PolicyState, PoolView, decide
+from autoscaler.loop.signals import PoolSignals, ReplicaSample, pool_signals
 from autoscaler.runtime.base import ReplicaSpec, Role
-from autoscaler.signals import PoolSignals, ReplicaSample, pool_signals
 
 HISTORY_S = 120.0  # pool signal history kept for the policy (≥ its longest metric window)
 CLAIM_MAX_S = 900.0  # a claim on another pool's GPUs not satisfied by then is dropped (and may be made again)

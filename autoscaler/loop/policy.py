@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
 from autoscaler.config import PoolConfig, RatePolicy, ScaleRules
-from autoscaler.signals import PoolSignals
+from autoscaler.loop.signals import PoolSignals
 
 
 @dataclass(frozen=True)
