@@ -40,7 +40,8 @@ from autoscaler.sim.replica import SimReplica, SimRequest
 from autoscaler.status import GatewayStatus, ReplicaStatus
 from inference.engines.profiles import PROFILES, SimProfile
 
-_ARRIVAL, _WAKE, _ROUTES, _GONE, _EXPIRE, _TICK = range(6)  # order of events at the same instant
+# the kinds of event, in their order at the same instant: a tick sees what happened at its time
+_ARRIVAL, _WAKE, _ROUTES, _GONE, _EXPIRE, _CRASH, _AWAKE, _TICK = range(8)
 _WOKEN = -1  # a tick the activator asked for (a request held): no next tick scheduled from it
 
 
@@ -66,6 +67,8 @@ class _Node:
     config_hash: str
     samples: deque[ReplicaSample] = field(default_factory=lambda: deque(maxlen=SAMPLES_KEPT))
     stopping: bool = False
+    alive: bool = True  # False: the process died (a crash); reconcile sees it and replaces it
+    sleeping: bool = False  # sleep mode: a warm replica's weights off the GPU until a wake-up completes
 
     @property
     def upstream(self) -> str:
@@ -93,9 +96,12 @@ def simulate(
     initial_state: Callable[[PoolConfig, int], Any] | None = None,
     duration_s: float | None = None,
     by_pool: Mapping[str, Sequence[Arrival]] | None = None,
+    crashes: Sequence[tuple[float, str]] = (),
 ) -> SimResult:
     """Replay `arrivals` (all to one pool: `pool`, default the first) through a simulated fleet; or
     `by_pool`, each pool's own arrivals (then `arrivals` is ignored and each result names its pool).
+
+    crashes: (time, pool): at that time the pool's oldest serving replica dies, failing what it held.
 
     The fleet starts in the steady state a running stack is in before traffic: min_replicas
     active and warm_pool.min warm, loaded. The gateway routes as nginx + gateway.js do: to the
@@ -158,6 +164,8 @@ def simulate(
         push(rq.at, _ARRIVAL, rq)
     end = duration_s if duration_s is not None else (reqs[-1].at if reqs else 0.0)
     push(cfg.tick_s, _TICK, 1)
+    for at, pn in crashes:
+        push(at, _CRASH, pn)
     outstanding = len(reqs)
 
     version: dict[str, int] = {}  # the one wake event of each replica that counts
@@ -238,7 +246,7 @@ def simulate(
 
     def activator(routes: Sequence[PoolRoute]) -> None:
         """The activator forwards held requests to a ready replica at once, before nginx reloads."""
-        by_up = {n.upstream: n for n in nodes.values() if not n.stopping}
+        by_up = {n.upstream: n for n in nodes.values() if not n.stopping and n.alive}
         for pr in routes:
             held = holding.get(pr.name) or []
             ready = [by_up[u] for u in pr.servers if u in by_up] if held else []
@@ -248,8 +256,18 @@ def simulate(
                     dispatch(r, ready, now)
                 held.clear()
 
+    async def sleeper(rid: str, kind: str) -> None:
+        """vLLM's sleep mode: asleep at once; awake again after the profile's wake_s."""
+        n = nodes.get(rid)
+        if n is None:
+            return
+        if kind == "sleep":
+            n.sleeping = True
+        elif n.sleeping:
+            push(now + (profiles[n.pool].wake_s or 0.0), _AWAKE, rid)
+
     actuator = Actuator(SimRuntime(), SimGateway(), recorder, InlineExecutor(), lambda: now,
-                        publish_routes=activator)
+                        publish_routes=activator, sleeper=sleeper)
 
     now = 0.0
     while heap:
@@ -257,7 +275,7 @@ def simulate(
         if kind == _WAKE:
             rep, v = payload
             n = nodes.get(rep.id)
-            if n is None or n.stopping or version.get(rep.id) != v:
+            if n is None or n.stopping or not n.alive or version.get(rep.id) != v:
                 continue  # superseded
             rep.wake(now, done)
             finish(done)
@@ -304,17 +322,32 @@ def simulate(
         elif kind == _ROUTES:
             if pending is None or pending_at != now:
                 continue
-            by_up = {n.upstream: n for n in nodes.values() if not n.stopping}
+            by_up = {n.upstream: n for n in nodes.values() if not n.stopping and n.alive}
             routed = {p.name: [by_up[s] for s in p.servers if s in by_up] for p in pending}
             routed_ids = frozenset(n.rep.id for ns in routed.values() for n in ns)
             pending, pending_at, last_reload = None, None, now
             reloads += 1
         elif kind == _GONE:
             nodes.pop(payload, None)
+        elif kind == _CRASH:
+            victims = sorted((n for n in nodes.values() if n.pool == payload and n.alive and not n.stopping
+                              and n.role == "active"), key=lambda n: n.created_at)
+            if victims:
+                n = victims[0]
+                n.alive = False
+                finish(n.rep.fail_all("connection reset: replica crashed", now))
+                for ns in routed.values():  # nginx passes over an upstream that refuses connections
+                    if n in ns:
+                        ns.remove(n)
+        elif kind == _AWAKE:
+            n = nodes.get(payload)
+            if n is not None:
+                n.sleeping = False
+                push(now, _TICK, _WOKEN)  # as live: a finished wake-up ticks the loop at once
         else:  # a control-loop tick
             tick: int = payload
             for n in nodes.values():
-                if not n.stopping:
+                if not n.stopping and n.alive:
                     n.samples.append(n.rep.sample(now, ttft_signal[n.pool]))
             snap = Snapshot(now=now, replicas=tuple(_obs(n, now) for n in nodes.values()), gpus=gpus,
                             routed=routed_ids, gateway_pending=pending is not None,
@@ -340,8 +373,9 @@ def simulate(
 def _obs(n: _Node, now: float) -> ReplicaObs:
     return ReplicaObs(
         id=n.rep.id, pool=n.pool, role=n.role, target_role=n.target_role, created_at=n.created_at,
-        role_since=n.role_since, alive=True, ready=n.role != "starting" or now >= n.ready_at, gpus=n.gpus,
-        config_hash=n.config_hash, upstream=n.upstream, samples=tuple(n.samples), stopping=n.stopping)
+        role_since=n.role_since, alive=n.alive, ready=n.alive and (n.role != "starting" or now >= n.ready_at),
+        gpus=n.gpus, config_hash=n.config_hash, upstream=n.upstream, samples=tuple(n.samples), stopping=n.stopping,
+        sleeping=n.sleeping)
 
 
 def _result(r: SimRequest) -> Result:
@@ -367,7 +401,7 @@ def _this_tick(recorder: Recorder, now: float) -> list[dict[str, Any]]:
 def _replica(n: _Node) -> Replica:
     return Replica(id=n.rep.id, pool=n.pool, model="", role=n.role, target_role=n.target_role,
                    url=f"sim://{n.upstream}", upstream=n.upstream, gpus=n.gpus, config_hash=n.config_hash,
-                   created_at=n.created_at, alive=True, role_since=n.role_since, stopping=n.stopping)
+                   created_at=n.created_at, alive=n.alive, role_since=n.role_since, stopping=n.stopping)
 
 
 def _status(cfg: FleetConfig, nodes: dict[str, _Node], states: dict[str, PoolState], gpus: GpuView, now: float,
@@ -378,7 +412,7 @@ def _status(cfg: FleetConfig, nodes: dict[str, _Node], states: dict[str, PoolSta
     shown = [(n.pool, ReplicaStatus(id=n.rep.id, role=n.role, target_role=n.target_role,
                                     ready=n.role != "starting" or now >= n.ready_at, gpus=list(n.gpus),
                                     url=f"sim://{n.upstream}", upstream=n.upstream, created_at=n.created_at,
-                                    role_since=n.role_since, load=float(n.rep.load)))
+                                    role_since=n.role_since, load=float(n.rep.load), sleeping=n.sleeping))
              for n in nodes.values() if not n.stopping]
     holders = {g: n.rep.id for n in nodes.values() for g in n.gpus}
     status = build_status(

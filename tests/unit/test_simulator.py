@@ -347,3 +347,29 @@ def test_simulate_a_scenario_of_several_models_reports_each_pool(tmp_path, capsy
     assert main(["simulate", "multi-model", "--config", str(root / "examples/multi-model.yaml"), "--compare",
                  "--out", str(tmp_path / "c")]) == 2
     assert "--compare runs one pool's traffic" in capsys.readouterr().err
+
+
+def test_a_crash_fails_what_the_replica_held_and_reconcile_replaces_it():
+    steady = constant_rate(6, 0, 60, max_tokens=40)
+    sim = simulate(fleet(), steady, duration_s=60, crashes=[(30.0, "chat")])
+    crash = next(e for e in sim.events if e["kind"] == "crash")
+    assert 30 <= crash["t"] <= 32 and crash["crashes"] == 1
+    assert any(e["kind"] == "stop" and e["replica"] == crash["replica"] for e in sim.events)
+    after = [e for e in sim.events if e["t"] >= crash["t"] and e["kind"] in ("activate", "start")]
+    assert after, "the lost capacity comes back: the warm replica first, a start to refill"
+    lost = [r for r in sim.results if not r.ok]
+    assert lost and all("crashed" in (r.error or "") for r in lost), [r.error for r in lost][:3]
+    assert all(r.ok for r in sim.results if r.at > crash["t"] + 1), "nothing routed to the dead replica"
+    without = simulate(fleet(), steady, duration_s=60)
+    assert all(r.ok for r in without.results) and not [e for e in without.events if e["kind"] == "crash"]
+
+
+def test_a_sleeping_warm_replica_is_woken_before_it_is_activated():
+    sim = simulate(fleet(warm_pool={"min": 1, "max": 1, "asleep": 1}), BURST, duration_s=90)
+    slept = next(e for e in sim.events if e["kind"] == "sleep")
+    woke = next(e for e in sim.events if e["kind"] == "wake" and e["replica"] == slept["replica"])
+    act = next(e for e in sim.events if e["kind"] == "activate" and e["replica"] == slept["replica"])
+    assert slept["t"] < 20 <= woke["t"] <= act["t"]
+    asleep = [r.sleeping for t, st in sim.timeline if slept["t"] < t < woke["t"]
+              for r in FleetStatus.model_validate(st).pools["chat"].replicas if r.id == slept["replica"]]
+    assert asleep and all(asleep), "/status says it sleeps until it is woken"
