@@ -84,7 +84,7 @@ def require_host_binaries() -> None:
         missing.append("nginx njs module (libnginx-mod-http-js)")
     if missing:
         msg = (f"MISSING {', '.join(missing)}: integration tests need them "
-               "(Debian: apt-get install nginx libnginx-mod-http-js prometheus)")
+               "(Debian: apt-get install nginx libnginx-mod-http-js njs prometheus)")
         if os.environ.get("GPUFLEET_REQUIRE_INTEGRATION"):
             pytest.fail(msg)
         pytest.skip(msg)

@@ -18,7 +18,7 @@ included) answers only to its own model name. The response's `model` field and t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,16 @@ STATE_FILE = "pool-state.json"
 # the gateway ignores a state file older than this: a dead autoscaler must not pin a pool as saturated
 STATE_STALE_S = 10.0
 CHARS_PER_TOKEN = 4  # the prompt-length estimate njs makes from the body
+
+
+def pick_pool(pools: Sequence[str], serving: Collection[str], hot: Mapping[str, bool]) -> int:
+    """Which pool of the chain (the chosen pool, then its fallbacks) serves: its index, -1 for none. First a
+    pool that serves and is not saturated; else any that serves (an overloaded pool beats none). gateway.js
+    `pickPool` is the same rule, run by nginx per request; the simulator runs this one (one table tests both)."""
+    for i, p in enumerate(pools):
+        if p in serving and not hot.get(p):
+            return i
+    return next((i for i, p in enumerate(pools) if p in serving), -1)
 
 
 @dataclass(frozen=True)

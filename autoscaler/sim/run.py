@@ -28,6 +28,7 @@ from typing import Any
 from autoscaler.config import FleetConfig, PoolConfig
 from autoscaler.controller import SAMPLES_KEPT
 from autoscaler.gateway.render import PoolRoute
+from autoscaler.gateway.routing import pick_pool
 from autoscaler.gpus.placement import make_placer
 from autoscaler.loop.actuate import Actuator, InlineExecutor, run_inline
 from autoscaler.loop.policy import decide
@@ -284,9 +285,8 @@ def simulate(
             r = payload
             home = cfg.pool(asked[r.i])
             chain = [(home.name, None)] + [(f.pool, f.max_tokens) for f in home.fallback]
-            up = [(pn, cap) for pn, cap in chain if routed.get(pn)]
-            pick = next(((pn, cap) for pn, cap in up if not saturated.get(pn)), up[0] if up else None)
-            if pick is None:
+            at = pick_pool([pn for pn, _ in chain], {pn for pn, ns in routed.items() if ns}, saturated)
+            if at < 0:
                 prof = profiles[home.name]
                 if r.kv_need > min(prof.max_model_len, prof.kv_capacity_tokens):
                     r.error, r.done = "HTTP 400", now
@@ -302,7 +302,7 @@ def simulate(
                 if len(held) == 1:
                     push(now, _TICK, _WOKEN)  # held requests are demand at once
                 continue
-            pn, cap = pick
+            pn, cap = chain[at]
             if cap is not None:
                 r.max_tokens = min(r.max_tokens, cap)
             prof = profiles[pn]

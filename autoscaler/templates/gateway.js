@@ -168,6 +168,21 @@ function capTokens(body, cap) {
     }
 }
 
+// Which pool of the chain (the chosen pool, then its fallbacks) serves: the index, -1 for none. First a pool
+// that serves and is not saturated; else any that serves (an overloaded pool beats none). The same rule as
+// autoscaler/gateway/routing.py pick_pool, which the simulator runs; tests/unit/test_routing_parity.py runs
+// both on one table.
+function pickPool(pools, serving, hot) {
+    for (var pass = 0; pass < 2; pass++) {
+        for (var i = 0; i < pools.length; i++) {
+            if (own(serving, pools[i]) && (pass === 1 || !own(hot, pools[i]))) {
+                return i;
+            }
+        }
+    }
+    return -1;
+}
+
 function route(r) {
     var key = authorize(r);
     if (key === null) {
@@ -210,16 +225,7 @@ function route(r) {
         return allows(key, own(cfg.models, f.pool));
     }));
     var hot = chain.length > 1 ? saturated() : {};
-    var pick = -1;
-    // first a pool that serves and is not saturated; else any that serves (an overloaded pool beats none)
-    for (var pass = 0; pass < 2 && pick < 0; pass++) {
-        for (var i = 0; i < chain.length; i++) {
-            if (own(cfg.serving, chain[i].pool) && (pass === 1 || !hot[chain[i].pool])) {
-                pick = i;
-                break;
-            }
-        }
-    }
+    var pick = pickPool(chain.map(function (c) { return c.pool; }), cfg.serving, hot);
     var target = pick >= 0 ? chain[pick] : chain[0];
     if (pick > 0) {
         why = 'fallback:' + (own(cfg.serving, chosen) ? 'saturated' : 'no-replica') + ':' + chosen + ' ' + why;
@@ -293,4 +299,4 @@ function edgeError(r) {
     fail(r, status, e[0], e[1], null, e[2]);
 }
 
-export default {route, models, notFound, edgeError, keyName, generation};
+export default {route, models, notFound, edgeError, keyName, generation, pickPool};
