@@ -1,28 +1,24 @@
-"""The control loop: observe → reconcile → act, once a tick.
+"""The control loop, once a tick: the Observer (loop/observe.py) → `reconcile` (pure, loop/reconcile.py) → the
+Actuator (loop/actuate.py), the Recorder (loop/record.py) keeping what happened. This module wires them and
+holds what only the live loop has: the tick's pacing and wake-ups, NVML health checks and GPU readings off
+the tick, the engines' sleep-mode calls, Prometheus' targets, nginx's reload callbacks.
 
-Observe lists the replicas from the runtime (the source of truth) and scrapes
-each one into an immutable snapshot; `reconcile` (pure) decides everything;
-act applies its actions in order: role changes written to the runtime first,
-then the routes, then the slow part (starting and stopping replicas). Every
-runtime and gateway call runs in a thread, so a slow Docker daemon or `nginx -t`
-never stalls scrapes or /status. What is kept here in memory (metric samples,
-pool states) is rebuilt from the replicas after a restart.
+Every runtime and gateway call runs in a thread, so a slow Docker daemon or `nginx -t` never stalls scrapes or
+/status. What is kept here in memory (metric samples, pool states) is rebuilt from the replicas after a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
 
-from autoscaler.config import FleetConfig, parse_config
+from autoscaler.config import FleetConfig
 from autoscaler.engines import Engine
 from autoscaler.gateway.nginx import Gateway
 from autoscaler.gateway.render import PoolRoute
@@ -30,27 +26,22 @@ from autoscaler.gpus.telemetry import GpuReading, SlotLoad, simulated_readings
 from autoscaler.gpus.topology import Topology
 from autoscaler.loop.actions import Action
 from autoscaler.loop.actuate import Actuator, ThreadExecutor
+from autoscaler.loop.observe import Observer, ReplicaHealth
 from autoscaler.loop.reconcile import (
     GpuView,
     PoolState,
     Reconciled,
-    ReplicaObs,
     Snapshot,
     reconcile,
 )
 from autoscaler.loop.record import STATUS_EVENTS, Recorder, build_status, gpu_status
-from autoscaler.loop.signals import ReplicaSample, parse_metrics
 from autoscaler.runtime.base import Replica, Runtime
 from autoscaler.status import FleetStatus, GatewayStatus, ReplicaStatus
 
 log = logging.getLogger("gpufleet.controller")
 
-# how a replica of a pool that is no longer configured is read: the sim engine's (vLLM's) contract
-PRESET_FALLBACK = parse_config({"pools": [{"name": "x", "model": "x"}]}).pools[0].engine_spec
 GPU_HEALTH_EVERY = 10  # ticks between NVML health checks
 TELEMETRY_EVERY = 2  # ticks between GPU readings (Prometheus scrapes every 5 s)
-SAMPLES_KEPT = 16  # per replica: enough for any metric window at a 1 s tick
-METRICS_MAX_BYTES = 4 << 20  # a /metrics larger than this is garbage, not a replica's signals
 
 
 class Placer(Protocol):
@@ -72,15 +63,6 @@ class Placer(Protocol):
     def cordon(self, gpu_id: str, reason: str) -> None: ...
 
 
-@dataclass
-class ReplicaHealth:
-    samples: deque[ReplicaSample] = field(default_factory=lambda: deque(maxlen=SAMPLES_KEPT))
-    ready: bool = False
-    failures: int = 0
-    last_error: str | None = None
-    sleeping: bool = False  # warm replicas: GET /is_sleeping
-
-
 class Controller:
     def __init__(
         self,
@@ -99,11 +81,9 @@ class Controller:
         self.placer = placer
         self.targets = targets
         self.clock = clock
-        self.health: dict[str, ReplicaHealth] = {}
         self.states: dict[str, PoolState] = {p.name: PoolState() for p in cfg.pools}
         # the event log, the counters since start (events, scale decisions, GPU-seconds by pool and role)
         self.recorder = Recorder(clock)
-        self.replicas: list[Replica] = []
         self.ticks = 0
         self.tick_errors = 0
         self.tick_seconds: deque[float] = deque(maxlen=100)
@@ -112,7 +92,6 @@ class Controller:
         self._accounted_at: float | None = None  # monotonic
         self._telemetry: asyncio.Task[None] | None = None
         self._gpu_check: asyncio.Task[None] | None = None  # the NVML health check, off the tick
-        self._http = httpx.AsyncClient(timeout=cfg.scrape_timeout_s)
         self._routed: frozenset[str] = frozenset()  # replica ids in the config nginx last loaded
         self._wake = asyncio.Event()  # a request is held for a pool at zero: tick now
         if activator is not None:
@@ -121,15 +100,50 @@ class Controller:
         self.actuator = Actuator(runtime, gateway, self.recorder, self.executor, clock,
                                  publish_routes=self._publish_routes if activator is not None else None,
                                  sleeper=self._sleep_or_wake, forget=self._forget)
-        self._probes: dict[str, asyncio.Task[None]] = {}  # readiness probes in flight, by replica
-        self.engines: dict[str, Engine] = {p.name: p.engine_spec for p in cfg.pools}
+        self.observer = Observer(cfg, runtime, clock, self._gpu_view, self.actuator.busy, self._resume_stop)
         gateway.on_reload.append(self._on_reload)
 
     def wake(self, pool: str | None = None) -> None:
         self._wake.set()
 
     async def close(self) -> None:
-        await self._http.aclose()
+        await self.observer.close()
+
+    # ---- observe: the Observer, with what the other parts know --------------------------------
+
+    @property
+    def health(self) -> dict[str, ReplicaHealth]:
+        return self.observer.health
+
+    @property
+    def replicas(self) -> list[Replica]:
+        return self.observer.replicas
+
+    @replicas.setter
+    def replicas(self, reps: list[Replica]) -> None:
+        self.observer.replicas = reps
+
+    def engine(self, pool: str) -> Engine:
+        return self.observer.engine(pool)
+
+    def load(self, rid: str) -> float:
+        return self.observer.load(rid)
+
+    def _stopping(self, r: Replica) -> bool:
+        return self.observer.stopping(r)
+
+    def _gpu_view(self) -> GpuView:
+        p = self.placer
+        return GpuView(p.topo, frozenset(p.cordoned), None if p.virtual else frozenset(p.host_cpus))
+
+    def _resume_stop(self, r: Replica) -> None:
+        """A removal a previous autoscaler began: finish it."""
+        self.actuator.stop(Action("stop", r.pool, r.id, reason="a removal begun before a restart"), "stop_resumed")
+
+    async def observe(self) -> Snapshot:
+        return await self.observer.observe(
+            self._routed, self.gateway.pending, self.activator.held if self.activator is not None else {},
+            self.actuator.take_start_failures())
 
     @property
     def events(self) -> deque[dict[str, Any]]:
@@ -138,122 +152,6 @@ class Controller:
     def event(self, kind: str, pool: str | None = None, **detail: Any) -> None:
         self.recorder.event(kind, pool, **detail)
         log.info("%s %s %s", kind, pool or "", detail)
-
-    # ---- observe -------------------------------------------------------------------------
-
-    async def _get(self, url: str, timeout: float | None = None) -> tuple[int, str]:
-        async with self._http.stream("GET", url, timeout=timeout or httpx.USE_CLIENT_DEFAULT) as resp:
-            body = bytearray()
-            async for chunk in resp.aiter_bytes():
-                body += chunk
-                if len(body) > METRICS_MAX_BYTES:
-                    raise ValueError(f"{url}: more than {METRICS_MAX_BYTES} bytes")
-            return resp.status_code, body.decode("utf-8", errors="replace")
-
-    def engine(self, pool: str) -> Engine:
-        """The pool's engine; a replica of a pool no longer in the config is read as the sim engine is."""
-        return self.engines.get(pool) or self.engines.setdefault(pool, PRESET_FALLBACK)
-
-    async def _probe_ready(self, r: Replica, h: ReplicaHealth) -> None:
-        """A loading replica's own readiness contract (vLLM: GET /health 200, which it answers only once loaded;
-        llama.cpp: 503 until loaded; SGLang: a one-token generation that takes a second or more). The probe
-        runs off the tick with the engine's deadline, one at a time per replica; the tick waits for it no
-        longer than a scrape, so a slow probe never holds the loop, and its answer counts the tick it comes."""
-        task = self._probes.get(r.id)
-        if task is None or task.done():
-            eng = self.engine(r.pool)
-
-            async def probe() -> None:
-                try:
-                    code, _ = await asyncio.wait_for(self._get(f"{r.url}{eng.ready_path}", eng.ready_timeout_s),
-                                                     eng.ready_timeout_s)
-                    h.ready = code == 200
-                    h.last_error = None if h.ready else f"{eng.ready_path} answered {code}"
-                except Exception as e:  # not listening yet (vLLM binds its port once loaded), a timeout, ...
-                    h.ready = False
-                    h.last_error = f"{eng.ready_path}: {type(e).__name__}: {e}" if str(e) else \
-                        f"{eng.ready_path}: {type(e).__name__}"
-
-            task = self._probes[r.id] = asyncio.get_running_loop().create_task(probe())
-        await asyncio.wait({task}, timeout=self.cfg.scrape_timeout_s)
-
-    async def _scrape_once(self, r: Replica, h: ReplicaHealth) -> None:
-        eng = self.engine(r.pool)
-        if r.role == "warm" and eng.sleep:
-            code, text = await self._get(f"{r.url}/is_sleeping")
-            # an engine without sleep mode (404) is awake
-            h.sleeping = code == 200 and json.loads(text).get("is_sleeping") is True
-        code, text = await self._get(f"{r.url}/metrics")
-        if code != 200:
-            raise ValueError(f"/metrics answered {code}")
-        h.samples.append(parse_metrics(text, self.clock(), eng.metrics))
-        h.ready = True
-        h.failures = 0
-        h.last_error = None
-
-    async def _scrape(self, r: Replica) -> None:
-        """One replica's scrape, bounded as a whole: a replica that drips its answer byte by byte or sends
-        garbage fails its own health check and delays no one. A loading one is probed for readiness first."""
-        h = self.health.setdefault(r.id, ReplicaHealth())
-        if r.role == "starting":
-            await self._probe_ready(r, h)
-            if not h.ready:
-                return
-        try:
-            await asyncio.wait_for(self._scrape_once(r, h), timeout=self.cfg.scrape_timeout_s)
-        except Exception as e:
-            h.failures += 1
-            h.last_error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            if r.role != "starting":
-                h.ready = h.failures < self.cfg.unhealthy_after
-
-    async def observe(self) -> Snapshot:
-        reps = await asyncio.to_thread(self.runtime.list)
-        for r in reps:
-            if r.stopping and r.id not in self.actuator.busy:  # a removal a previous autoscaler began: finish it
-                self.actuator.stop(Action("stop", r.pool, r.id, reason="a removal begun before a restart"),
-                                   "stop_resumed")
-        await asyncio.gather(*(self._scrape(r) for r in reps if r.alive and not self._stopping(r)))
-        ids = {r.id for r in reps}
-        for rid in list(self.health):
-            if rid not in ids and rid not in self.actuator.busy:
-                del self.health[rid]
-        for rid in [rid for rid in self._probes if rid not in ids or self._probes[rid].done()]:
-            task = self._probes.pop(rid)
-            if not task.done():
-                task.cancel()
-        self.replicas = reps
-        now = self.clock()
-        p = self.placer
-        return Snapshot(
-            now=now,
-            replicas=tuple(self._obs(r) for r in reps),
-            gpus=GpuView(p.topo, frozenset(p.cordoned), None if p.virtual else frozenset(p.host_cpus)),
-            routed=self._routed,
-            gateway_pending=self.gateway.pending,
-            held=dict(self.activator.held) if self.activator is not None else {},
-            start_failures=self.actuator.take_start_failures(),
-        )
-
-    def _obs(self, r: Replica) -> ReplicaObs:
-        h = self.health.get(r.id) or ReplicaHealth()
-        return ReplicaObs(
-            id=r.id, pool=r.pool, role=r.role, target_role=r.target_role, created_at=r.created_at,
-            role_since=r.role_since, alive=r.alive, ready=h.ready, failures=h.failures,
-            last_error=h.last_error, gpus=r.gpus, config_hash=r.config_hash, upstream=r.upstream,
-            samples=tuple(h.samples), stopping=self._stopping(r), sleeping=h.sleeping,
-            claimed_for=r.claimed_for,
-        )
-
-    def _stopping(self, r: Replica) -> bool:
-        return r.stopping or r.id in self.actuator.busy
-
-    def load(self, rid: str) -> float:
-        h = self.health.get(rid)
-        if not h or not h.samples:
-            return 0.0
-        s = h.samples[-1]
-        return s.running + s.waiting
 
     # ---- act: the Actuator, with what only the live loop has -------------------------------
 
@@ -267,7 +165,7 @@ class Controller:
             return
         path = "/sleep?level=1" if kind == "sleep" else "/wake_up"
         try:
-            resp = await self._http.post(f"{r.url}{path}", timeout=120)
+            resp = await self.observer.http.post(f"{r.url}{path}", timeout=120)
             if resp.status_code == 200:
                 self.health.setdefault(r.id, ReplicaHealth()).sleeping = kind == "sleep"
             else:

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autoscaler.config import FleetConfig, PoolConfig
-from autoscaler.controller import SAMPLES_KEPT
 from autoscaler.gateway.render import PoolRoute
 from autoscaler.gateway.routing import pick_pool
 from autoscaler.gpus.placement import make_placer
 from autoscaler.loop.actuate import Actuator, InlineExecutor, run_inline
+from autoscaler.loop.observe import SAMPLES_KEPT
 from autoscaler.loop.policy import decide
 from autoscaler.loop.reconcile import GpuView, PoolState, ReplicaObs, Snapshot, place_replica, reconcile
 from autoscaler.loop.record import Recorder, build_status, gpu_status

@@ -103,7 +103,7 @@ def test_a_replica_with_slow_or_poisoned_metrics_fails_its_own_scrape_in_bounded
                         url=f"http://127.0.0.1:{port}", upstream=f"127.0.0.1:{port}", gpus=(), config_hash="",
                         created_at=0.0, alive=True)
             t = time.monotonic()
-            await ctl._scrape(r)
+            await ctl.observer.scrape(r)
             h = ctl.health[r.id]
             out[name] = (time.monotonic() - t, h.failures, len(h.samples))
             server.close()
