@@ -27,14 +27,9 @@ from autoscaler.gpus.topology import Topology
 from autoscaler.loop.actions import Action
 from autoscaler.loop.actuate import Actuator, ThreadExecutor
 from autoscaler.loop.observe import Observer, ReplicaHealth
-from autoscaler.loop.reconcile import (
-    GpuView,
-    PoolState,
-    Reconciled,
-    Snapshot,
-    reconcile,
-)
+from autoscaler.loop.reconcile import reconcile
 from autoscaler.loop.record import STATUS_EVENTS, Recorder, build_status, gpu_status
+from autoscaler.loop.snapshot import GpuView, PoolState, Reconciled, Snapshot
 from autoscaler.runtime.base import Replica, Runtime
 from autoscaler.status import FleetStatus, GatewayStatus, ReplicaStatus
 

@@ -72,7 +72,7 @@ def _one_replica(gpus: tuple[str, ...], out: Out, engine: str, model_path: str |
                  timeout_s: float) -> bool:
     """Start one replica of an installed engine on `gpus` through the local runtime; True if it served."""
     from autoscaler.config import parse_config
-    from autoscaler.loop.reconcile import replica_spec
+    from autoscaler.loop.lifecycle import replica_spec
     from autoscaler.runtime.local import LocalRuntime
 
     root = Path(__file__).resolve().parent.parent

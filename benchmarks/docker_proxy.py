@@ -20,7 +20,7 @@ PROJECT = "gfbench"
 CLIENT = textwrap.dedent("""
     import json, statistics, time, docker
     from autoscaler.config import DEFAULT_CONFIG, parse_config
-    from autoscaler.loop.reconcile import replica_spec
+    from autoscaler.loop.lifecycle import replica_spec
     from autoscaler.runtime.docker import DockerRuntime
     spec = replica_spec(parse_config(DEFAULT_CONFIG).pools[0], "warm", ("vslot0",))
     out = {}

@@ -10,7 +10,7 @@ from typing import Any
 import docker
 from autoscaler.config import parse_config
 from autoscaler.docker_guard import Policy
-from autoscaler.loop.reconcile import replica_spec
+from autoscaler.loop.lifecycle import replica_spec
 from autoscaler.runtime.docker import create_kwargs
 
 PROJECT, NET, APP = "gf", "gf_backend", "gpufleet/app:latest"

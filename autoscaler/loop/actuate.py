@@ -24,8 +24,8 @@ from typing import Any, Protocol, TypeVar
 
 from autoscaler.gateway.render import PoolRoute
 from autoscaler.loop.actions import Action, StartFailure
-from autoscaler.loop.reconcile import Reconciled
 from autoscaler.loop.record import Recorder
+from autoscaler.loop.snapshot import Reconciled
 from autoscaler.runtime.base import Runtime
 
 log = logging.getLogger("gpufleet.actuate")

@@ -19,8 +19,8 @@ import httpx
 from autoscaler.config import FleetConfig, parse_config
 from autoscaler.engines import Engine
 from autoscaler.loop.actions import StartFailure
-from autoscaler.loop.reconcile import GpuView, ReplicaObs, Snapshot
 from autoscaler.loop.signals import ReplicaSample, parse_metrics
+from autoscaler.loop.snapshot import GpuView, ReplicaObs, Snapshot
 from autoscaler.runtime.base import Replica, Runtime
 
 # how a replica of a pool that is no longer configured is read: the sim engine's (vLLM's) contract

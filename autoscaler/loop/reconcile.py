@@ -46,144 +46,22 @@ from typing import Any
 from autoscaler.config import FleetConfig, PoolConfig
 from autoscaler.engines import resolve
 from autoscaler.gateway.render import PoolRoute
-from autoscaler.gateway.routing import SaturationState, next_saturation
-from autoscaler.gpus.placement import choose_gpus
+from autoscaler.gateway.routing import next_saturation
 from autoscaler.gpus.slots import Placement
-from autoscaler.gpus.topology import LinkKind, Topology
-from autoscaler.loop.actions import Action, Event, StartFailure
+from autoscaler.loop.actions import Action, Event
 from autoscaler.loop.arbiter import Candidate, Claim, ClaimKind, PoolShare, find_move, find_reclaim
+from autoscaler.loop.lifecycle import fleet_sizes, note_crash, place_replica, replica_spec
 from autoscaler.loop.planner import ReplicaView, drain_finished, plan
 from autoscaler.loop.policy import Decision, PolicyState, PoolView, decide
-from autoscaler.loop.signals import PoolSignals, ReplicaSample, pool_signals
-from autoscaler.runtime.base import ReplicaSpec, Role
+from autoscaler.loop.signals import PoolSignals, pool_signals
+from autoscaler.loop.snapshot import PoolState, Reconciled, ReplicaObs, Snapshot
+from autoscaler.runtime.base import Role
 
 HISTORY_S = 120.0  # pool signal history kept for the policy (≥ its longest metric window)
 CLAIM_MAX_S = 900.0  # a claim on another pool's GPUs not satisfied by then is dropped (and may be made again)
 
 # decide(pool, signals, view, state, now) -> Decision: gpufleet's policy, or a baseline's.
 Policy = Callable[[PoolConfig, Sequence[PoolSignals], PoolView, Any, float], Decision[Any]]
-
-
-@dataclass(frozen=True)
-class ReplicaObs:
-    """One replica as observed this tick."""
-
-    id: str
-    pool: str
-    role: Role
-    target_role: Role
-    created_at: float
-    role_since: float
-    alive: bool = True  # process/container running
-    ready: bool = False  # its engine's readiness probe answered 200 (loading replicas); scrapes answering (others)
-    failures: int = 0  # consecutive failed scrapes
-    last_error: str | None = None
-    gpus: tuple[str, ...] = ()
-    config_hash: str = ""
-    upstream: str = ""
-    samples: tuple[ReplicaSample, ...] = ()  # recent scrapes, oldest first
-    stopping: bool = False  # a removal is in flight
-    sleeping: bool = False  # sleep mode: weights offloaded, not able to serve until woken
-    claimed_for: str | None = None  # draining: the pool its GPUs are promised to (kept in the runtime)
-
-    @property
-    def load(self) -> float:
-        if not self.samples:
-            return 0.0
-        s = self.samples[-1]
-        return s.running + s.waiting
-
-
-@dataclass(frozen=True)
-class GpuView:
-    topo: Topology
-    cordoned: frozenset[str] = frozenset()
-    host_cpus: frozenset[int] | None = None  # None: virtual slots, no CPU pinning
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    now: float
-    replicas: tuple[ReplicaObs, ...]
-    gpus: GpuView
-    routed: frozenset[str] = frozenset()  # replica ids in the config nginx last loaded
-    gateway_pending: bool = False  # a route change waits for its reload
-    held: Mapping[str, int] = field(default_factory=dict)  # pool → requests the activator holds
-    start_failures: tuple[StartFailure, ...] = ()  # starts the runtime refused since the last tick
-
-
-@dataclass(frozen=True)
-class PoolState:
-    """What the loop remembers of a pool between ticks (rebuilt from the fleet after a restart)."""
-
-    policy: Any = None  # the policy's own state (PolicyState for gpufleet's); None: not started
-    signals: tuple[PoolSignals, ...] = ()
-    decision: Decision[Any] | None = None
-    no_capacity: str | None = None
-    # draining replica id → when it was first seen out of nginx's config (its drain counts from there)
-    unrouted_since: Mapping[str, float] = field(default_factory=dict)
-    # crash-loop backoff: consecutive failed starts/crashes, and no cold start before backoff_until
-    crashes: int = 0
-    last_crash_at: float | None = None
-    backoff_until: float = 0.0
-    backoff_reason: str | None = None
-    error: str | None = None  # the last exception in this pool's step, until a step succeeds
-    saturation: SaturationState = SaturationState()  # overflowing to its fallbacks at the gateway
-    # GPUs promised to this pool by other pools' replicas (victim id → claim); rebuilt as needed after a
-    # restart: a victim then finishes its drain as an ordinary one, and the pool claims again
-    claims: Mapping[str, Claim] = field(default_factory=dict)
-    unmet: int = 0  # active replicas the pool wants and has no GPUs for this tick
-
-
-def note_crash(p: PoolConfig, st: PoolState, now: float, why: str) -> PoolState:
-    """One more failed start or crash. A first one is replaced at once; after the n-th in a row the next
-    cold start waits base·2^(n-2), capped (like Kubernetes' CrashLoopBackOff). A pool that has not crashed
-    for twice the cap starts counting again from one."""
-    recent = st.last_crash_at is not None and now - st.last_crash_at < 2 * p.start_backoff_max_s
-    n = st.crashes + 1 if recent else 1
-    delay = 0.0 if n == 1 else min(p.start_backoff_s * 2 ** min(n - 2, 30), p.start_backoff_max_s)
-    return replace(st, crashes=n, last_crash_at=now, backoff_until=now + delay, backoff_reason=why)
-
-
-@dataclass(frozen=True)
-class Reconciled:
-    actions: tuple[Action, ...]
-    states: Mapping[str, PoolState]
-    routes: tuple[PoolRoute, ...]
-    route_ids: frozenset[str]  # the replicas those routes name
-    events: tuple[Event, ...] = ()
-
-    @property
-    def saturated(self) -> dict[str, bool]:
-        """Pool → overflowing to its fallbacks (what the gateway's state file says)."""
-        return {name: st.saturation.saturated for name, st in self.states.items()}
-
-
-def replica_spec(p: PoolConfig, role: Role, gpus: tuple[str, ...], cpus: tuple[int, ...] = ()) -> ReplicaSpec:
-    """What the runtime starts for one replica of p: its engine (preset + overrides) on these GPUs."""
-    e = resolve(p)
-    return ReplicaSpec(
-        pool=p.name, model=p.model, argv=e.argv, config_hash=p.config_hash(), target_role=role, gpus=gpus,
-        cpus=cpus, image=e.image, memory_limit=p.limits.memory, pids_limit=p.limits.pids, env=dict(e.env),
-        secret_files={k: str(v) for k, v in p.secret_files.items()}, volumes=dict(e.volumes), shm_size=e.shm_size,
-        ipc=p.ipc, stop_signal=e.stop_signal, stop_grace_s=e.stop_grace_s, user=e.user,
-        read_only_root=e.read_only_root)
-
-
-def place_replica(gpus: GpuView, p: PoolConfig, used: set[str],
-                  future: Sequence[int] | None = None) -> Placement | None:
-    """GPUs (and NUMA-local cores) for one more replica of pool p, none of them used or cordoned.
-    future: the multi-GPU sizes the fleet's pools ask for, kept placeable (fleet_sizes)."""
-    return choose_gpus(gpus.topo, used | gpus.cordoned, p.gpus_per_replica, model=p.gpu_model,
-                       min_memory_mb=p.gpu_min_memory_mb,
-                       min_link=LinkKind[p.gpu_min_link] if p.gpu_min_link else None, host_cpus=gpus.host_cpus,
-                       future=future)
-
-
-def fleet_sizes(cfg: FleetConfig) -> tuple[int, ...]:
-    """The multi-GPU replica sizes the fleet's pools ask for, smallest first: what packing keeps placeable,
-    across pools (a 1-GPU replica of one pool leaves the NVLink pair another pool's 2-GPU replica needs)."""
-    return tuple(sorted({p.gpus_per_replica for p in cfg.pools if p.gpus_per_replica > 1}))
 
 
 def _view(r: ReplicaObs) -> ReplicaView:

@@ -13,7 +13,7 @@ from autoscaler.config import FleetConfig, PoolConfig
 from autoscaler.engines import Engine
 from autoscaler.gpus.topology import Topology
 from autoscaler.loop.actions import Event
-from autoscaler.loop.reconcile import PoolState
+from autoscaler.loop.snapshot import PoolState
 from autoscaler.status import (
     ClaimStatus,
     EngineStatus,

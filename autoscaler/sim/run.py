@@ -30,11 +30,13 @@ from autoscaler.gateway.render import PoolRoute
 from autoscaler.gateway.routing import pick_pool
 from autoscaler.gpus.placement import make_placer
 from autoscaler.loop.actuate import Actuator, InlineExecutor, run_inline
+from autoscaler.loop.lifecycle import place_replica
 from autoscaler.loop.observe import SAMPLES_KEPT
 from autoscaler.loop.policy import decide
-from autoscaler.loop.reconcile import GpuView, PoolState, ReplicaObs, Snapshot, place_replica, reconcile
+from autoscaler.loop.reconcile import reconcile
 from autoscaler.loop.record import Recorder, build_status, gpu_status
 from autoscaler.loop.signals import ReplicaSample
+from autoscaler.loop.snapshot import GpuView, PoolState, ReplicaObs, Snapshot
 from autoscaler.runtime.base import Replica, ReplicaSpec, Role
 from autoscaler.scaletest.loadgen import Arrival, Result
 from autoscaler.sim.replica import SimReplica, SimRequest

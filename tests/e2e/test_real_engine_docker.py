@@ -60,7 +60,7 @@ DEVICE_PROBE = textwrap.dedent(r"""
     from autoscaler.gpus.nvml import read_topology
     from autoscaler.gpus.placement import choose_gpus
     from autoscaler.gpus.topology import load_topology_file
-    from autoscaler.loop.reconcile import replica_spec
+    from autoscaler.loop.lifecycle import replica_spec
     from autoscaler.runtime.docker import DockerRuntime
     from tests.fake_nvml import FakeNvml
     topo = read_topology(FakeNvml(load_topology_file("tests/fixtures/topology/hgx-8xh100-sxm-nv18-aws-p5.txt")))

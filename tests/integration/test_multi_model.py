@@ -14,7 +14,7 @@ import httpx
 import openai
 
 from autoscaler.config import load_config
-from autoscaler.loop.reconcile import replica_spec
+from autoscaler.loop.lifecycle import replica_spec
 from autoscaler.runtime.local import LocalRuntime
 from tests.helpers import Clients, LocalStack, sim_pool, wait_for
 

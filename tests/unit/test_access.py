@@ -195,7 +195,7 @@ def test_grafanas_password_is_given_or_made_once_never_admin(tmp_path):
 
 def test_a_pools_secret_files_go_to_the_replicas_volume_as_files_never_into_the_environment(tmp_path):
     from autoscaler.config import parse_config
-    from autoscaler.loop.reconcile import replica_spec
+    from autoscaler.loop.lifecycle import replica_spec
     from autoscaler.runtime.docker import SECRETS_MOUNT, DockerRuntime, create_kwargs
 
     token = tmp_path / "hf_token"

@@ -12,8 +12,8 @@ import pytest
 from autoscaler.gateway.render import PoolRoute
 from autoscaler.loop.actions import Action
 from autoscaler.loop.actuate import Actuator, InlineExecutor, run_inline
-from autoscaler.loop.reconcile import PoolState, Reconciled
 from autoscaler.loop.record import Recorder
+from autoscaler.loop.snapshot import PoolState, Reconciled
 from autoscaler.runtime.base import Replica, ReplicaSpec, Role
 
 NOW = 50.0

@@ -11,9 +11,11 @@ from typing import Any
 from autoscaler.config import FleetConfig, parse_config
 from autoscaler.gateway.routing import SaturationState, next_saturation
 from autoscaler.gpus.topology import Link, LinkKind, Topology, load_topology_file, uniform_topology
+from autoscaler.loop.lifecycle import fleet_sizes
 from autoscaler.loop.policy import Decision, PolicyState
-from autoscaler.loop.reconcile import GpuView, PoolState, ReplicaObs, Snapshot, fleet_sizes, reconcile
+from autoscaler.loop.reconcile import reconcile
 from autoscaler.loop.signals import ReplicaSample
+from autoscaler.loop.snapshot import GpuView, PoolState, ReplicaObs, Snapshot
 
 NOW = 1000.0
 TOPO = Path(__file__).resolve().parent.parent / "fixtures" / "topology"

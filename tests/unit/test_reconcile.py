@@ -15,8 +15,9 @@ import pytest
 from autoscaler.config import parse_config
 from autoscaler.gpus.topology import Link, LinkKind, uniform_topology
 from autoscaler.loop.policy import PolicyState
-from autoscaler.loop.reconcile import GpuView, PoolState, ReplicaObs, Snapshot, reconcile
+from autoscaler.loop.reconcile import reconcile
 from autoscaler.loop.signals import ReplicaSample
+from autoscaler.loop.snapshot import GpuView, PoolState, ReplicaObs, Snapshot
 
 NOW = 1000.0
 
