@@ -87,6 +87,21 @@ class Serving:
         return before[-1] if before else frozenset()
 
 
+def first_after(events: Iterable[Mapping], kind: str, faults: Sequence[Mapping],
+                slack_s: float = 1.0) -> dict[str, float]:
+    """For each faulted replica, when the first `kind` event (unrouted, stop) of it came after its fault. Not
+    simply its first: a replica drained and brought back before the fault (a warm replica activated again,
+    in an earlier test on a shared stack) left the config long before the fault."""
+    out: dict[str, float] = {}
+    for fault in faults:
+        rep = fault.get("replica")
+        times = sorted(e["t"] for e in events
+                       if e["kind"] == kind and e.get("replica") == rep and e["t"] >= fault["t"] - slack_s)
+        if rep and times:
+            out[rep] = times[0]
+    return out
+
+
 def judge(failures: Sequence[Failure], faults: Sequence[Mapping], replica_at: Addresses,
           unrouted_at: Mapping[str, float], gateway_down: Sequence[tuple[float, float]],
           log: Mapping[str, tuple[int, tuple[str, ...]]], cap: int, slack_s: float = 0.3,

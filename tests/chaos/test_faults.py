@@ -217,16 +217,12 @@ def verdict(run: Run, log_lines: list[str]) -> evidence.Verdict:
     """Each failed request against the evidence: which replica served it (its response, or nginx's access log
     line by its request id) and the fault injected on exactly that replica; or a refused connection while
     nginx itself restarted. At most CAP_PER_FAULT requests excused by one fault."""
-    unrouted: dict[str, float] = {}
-    stopped: dict[str, float] = {}
-    for e in sorted(run.events.values(), key=lambda e: e["t"]):
-        if e["kind"] == "unrouted" and e.get("replica"):
-            unrouted.setdefault(e["replica"], e["t"])
-        if e["kind"] == "stop" and e.get("replica"):
-            stopped.setdefault(e["replica"], e["t"])
+    faults = [f for f in run.faults if "skipped" not in f]
+    unrouted = evidence.first_after(run.events.values(), "unrouted", faults)
+    stopped = evidence.first_after(run.events.values(), "stop", faults)
     failures = [evidence.Failure(r.rid, r.t0, r.t1, r.error, refused=r.connect, replica=r.replica)
                 for r in run.results if not r.ok]
-    return evidence.judge(failures, [f for f in run.faults if "skipped" not in f], run.replica_at, unrouted,
+    return evidence.judge(failures, faults, run.replica_at, unrouted,
                           run.gateway_down, evidence.access_log(log_lines), cap=CAP_PER_FAULT, stopped_at=stopped,
                           serving=run.serving)
 

@@ -243,10 +243,7 @@ def test_chaos_replicas_killed_and_stopped_autoscaler_killed_gateway_restarted(c
         stop.set()
         mon.join(10)
 
-    unrouted: dict[str, float] = {}
-    for e in sorted(events.values(), key=lambda e: e["t"]):
-        if e["kind"] == "unrouted" and e.get("replica"):
-            unrouted.setdefault(e["replica"], e["t"])
+    unrouted = evidence.first_after(events.values(), "unrouted", faults)
     log = subprocess.run(["docker", "logs", f"{PROJECT}-gateway-1"], capture_output=True, text=True).stdout
     seen = evidence.access_log(log.splitlines())
     # nginx never saw it: refused, or (Docker's published port accepts, then resets when nothing listens
@@ -255,10 +252,7 @@ def test_chaos_replicas_killed_and_stopped_autoscaler_killed_gateway_restarted(c
                                  refused=r.status == 0 and not r.bytes and r.rid not in seen
                                  and isinstance(r.exc, httpx.TransportError))
                 for r in results if not r.ok]
-    stopped = {}
-    for e in sorted(events.values(), key=lambda e: e["t"]):
-        if e["kind"] == "stop" and e.get("replica"):
-            stopped.setdefault(e["replica"], e["t"])
+    stopped = evidence.first_after(events.values(), "stop", faults)
     # slack: `docker kill` takes a moment to reach the process after the test notes the time
     v = evidence.judge(failures, faults, replica_at, unrouted, gateway_down, seen, cap=CAP_PER_FAULT, slack_s=0.5,
                        stopped_at=stopped, serving=serving)

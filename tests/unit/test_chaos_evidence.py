@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.chaos.evidence import Addresses, Failure, Serving, access_log, judge
+from tests.chaos.evidence import Addresses, Failure, Serving, access_log, first_after, judge
 
 FAULTS = [{"kind": "kill_replica", "t": 100.0, "replica": "r-a"}, {"kind": "restart_autoscaler", "t": 200.0},
           {"kind": "stop_replica", "t": 400.0, "replica": "r-s"},
@@ -76,3 +76,18 @@ def test_after_a_kill_only_the_pools_only_replica_excuses_what_nginx_could_not_r
     for serving, excused in ((alone, True), (two, False)):
         v = judge([late], FAULTS, AT, {"r-a": 101.5}, [], LOG, cap=10, serving=serving)
         assert (not v.unexplained) is excused, (serving.at(100.5), v)
+
+
+def test_a_replica_s_leaving_counts_from_its_fault_not_from_an_earlier_drain():
+    """A warm replica drained and activated again before the fault (an earlier test on a shared stack) left
+    nginx's config long before it: its first `unrouted` is not the one that ends the fault's excuse."""
+    events = [{"t": 10.0, "kind": "unrouted", "replica": "r1"}, {"t": 60.0, "kind": "unrouted", "replica": "r1"},
+              {"t": 61.0, "kind": "stop", "replica": "r1"}, {"t": 5.0, "kind": "unrouted", "replica": "r2"}]
+    faults = [{"kind": "stop_replica", "t": 50.0, "replica": "r1"}, {"kind": "restart_gateway", "t": 70.0}]
+    assert first_after(events, "unrouted", faults) == {"r1": 60.0}
+    assert first_after(events, "stop", faults) == {"r1": 61.0}
+    sent_after_fault = Failure("x", 52.0, 62.0, "cut", replica="r1")
+    v = judge([sent_after_fault], faults, Addresses(), first_after(events, "unrouted", faults), [], {}, cap=5)
+    assert not v.unexplained and v.excused
+    v_old = judge([sent_after_fault], faults, Addresses(), {"r1": 10.0}, [], {}, cap=5)
+    assert v_old.unexplained, "with the earlier drain's time the same failure was unexplained"
