@@ -12,6 +12,8 @@ and two routing rules that do not match, so njs evaluates the rules and reads th
 file on every request; `--routing alias`: requests name an alias, so every body is rewritten
 (proxy_set_body). `--edge-log`: nginx sends every request's access-log line to a receiver in this
 process over UDP (the edge metrics, as the autoscaler does), and the run reports how many it counted.
+`--client-keepalive 75`: clients keep their connections to nginx between requests (the default, 0, opens
+one per request), to measure what closing them costs.
 """
 
 from __future__ import annotations
@@ -28,12 +30,12 @@ from pathlib import Path
 
 import httpx
 
-from autoscaler.config import GatewayConfig
 from autoscaler.gateway.access import KeysSource, hash_key, new_key
 from autoscaler.gateway.edge import EdgeStats
 from autoscaler.gateway.edge import listen as listen_edge
 from autoscaler.gateway.nginx import Gateway, LocalNginx
 from autoscaler.gateway.render import PoolRoute
+from autoscaler.gateway.settings import GatewayConfig
 from tests.helpers import free_port, wait_for
 
 MODEL = "bench"
@@ -127,10 +129,12 @@ def main() -> None:
     ap.add_argument("--routing", choices=["none", "chain", "alias"], default="none",
                     help="chain: fallback + rules (state file read per request); alias: body rewritten")
     ap.add_argument("--edge-log", action="store_true", help="access log to a UDP receiver (the edge metrics)")
+    ap.add_argument("--client-keepalive", type=int, default=0,
+                    help="gateway.client_keepalive_s: 0 (the default) closes each client connection after its answer")
     args = ap.parse_args()
     (r1, a), (r2, b) = start_replica(), start_replica()
     run = Path(tempfile.mkdtemp(prefix="gpufleet-bench-"))
-    cfg = GatewayConfig(port=free_port(), reload_min_interval_s=0)
+    cfg = GatewayConfig(port=free_port(), reload_min_interval_s=0, client_keepalive_s=args.client_keepalive)
     edge_port = free_port()
     ng = LocalNginx(run, cfg, edge_log=f"127.0.0.1:{edge_port}" if args.edge_log else None)
     ng.render_main()
