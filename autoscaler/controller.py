@@ -78,7 +78,7 @@ class Controller:
         self.clock = clock
         self.states: dict[str, PoolState] = {p.name: PoolState() for p in cfg.pools}
         # the event log, the counters since start (events, scale decisions, GPU-seconds by pool and role)
-        self.recorder = Recorder(clock)
+        self.recorder = Recorder(clock, log=log)
         self.ticks = 0
         self.tick_errors = 0
         self.tick_seconds: deque[float] = deque(maxlen=100)
@@ -146,7 +146,6 @@ class Controller:
 
     def event(self, kind: str, pool: str | None = None, **detail: Any) -> None:
         self.recorder.event(kind, pool, **detail)
-        log.info("%s %s %s", kind, pool or "", detail)
 
     # ---- act: the Actuator, with what only the live loop has -------------------------------
 

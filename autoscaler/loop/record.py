@@ -5,6 +5,7 @@ Pure apart from the Recorder's own counters: the clock is passed in, nothing her
 
 from __future__ import annotations
 
+import logging
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -47,9 +48,12 @@ class Holder(Protocol):
 class Recorder:
     """The event log and the counters /metrics exports (they only go up, from the process' start)."""
 
-    def __init__(self, clock: Callable[[], float], keep: int | None = EVENTS_KEPT) -> None:
-        """keep: how many events the log holds (None: all, as the simulator keeps them)."""
+    def __init__(self, clock: Callable[[], float], keep: int | None = EVENTS_KEPT,
+                 log: logging.Logger | None = None) -> None:
+        """keep: how many events the log holds (None: all, as the simulator keeps them); log: where each event
+        is also written, for people reading the process' output (the live loop; not the simulator)."""
         self.clock = clock
+        self.log = log
         self.events: deque[dict[str, Any]] = deque(maxlen=keep)
         self.event_counts: Counter[tuple[str, str]] = Counter()  # (kind, pool)
         self.decisions: Counter[tuple[str, str, str]] = Counter()  # (pool, direction, driver)
@@ -60,16 +64,16 @@ class Recorder:
         e = {"t": self.clock(), "kind": kind, "pool": pool, **detail}
         self.events.append(e)
         self.event_counts[(kind, pool or "")] += 1
+        if self.log is not None:
+            self.log.info("%s %s %s", kind, pool or "", detail)
         return e
 
-    def record(self, events: Iterable[Event]) -> list[dict[str, Any]]:
+    def record(self, events: Iterable[Event]) -> None:
         """A tick's events from reconcile; a decision also counts by direction and driver."""
-        out = []
         for e in events:
-            out.append(self.event(e.kind, e.pool, **e.detail))
+            self.event(e.kind, e.pool, **e.detail)
             if e.kind == "decision":
                 self.decisions[(e.pool or "", str(e.detail.get("direction")), str(e.detail.get("driver")))] += 1
-        return out
 
     def account(self, dt: float, replicas: Iterable[Holder], gpu_ids: Iterable[str], cordoned: Iterable[str]) -> None:
         """dt seconds of GPU time: each held GPU to its replica's (pool, role), the rest (not cordoned) idle."""

@@ -164,3 +164,16 @@ def test_the_simulator_applies_every_tick_through_the_live_actuator(monkeypatch)
     ticks = [t for t, _ in sim.timeline]
     assert set(ticks) <= set(applied) and len(applied) >= len(ticks) > 80
     assert any(e["kind"] == "start" for e in sim.events)
+
+
+def test_the_live_recorder_writes_each_event_to_the_log_the_simulator_s_does_not(caplog):
+    import logging
+
+    live = Recorder(lambda: NOW, log=logging.getLogger("gpufleet.test"))
+    sim = Recorder(lambda: NOW)
+    with caplog.at_level(logging.INFO, logger="gpufleet.test"):
+        for rec in (live, sim):
+            run_inline(Actuator(Runtime(), Gateway(), rec, InlineExecutor(), lambda: NOW).apply(
+                out(Action("activate", "a", "w1", role="active"))))
+    assert [r.getMessage() for r in caplog.records] == ["activate a {'replica': 'w1', 'reason': ''}"]
+    assert len(live.events) == len(sim.events) == 1
