@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
+from autoscaler.backend_auth import BackendKeys, auth_headers
 from autoscaler.config import FleetConfig
 
 log = logging.getLogger("gpufleet.activator")
@@ -51,8 +52,9 @@ def _wants_stream(body: bytes) -> bool:
 
 class Activator:
     def __init__(self, cfg: FleetConfig, notify: Callable[[str], None] = lambda pool: None,
-                 secret: str | None = None) -> None:
+                 secret: str | None = None, keys: BackendKeys | None = None) -> None:
         self.cfg = cfg
+        self.keys = keys  # what replicas demand: each pool's key, as nginx presents it
         # nginx's secret (autoscaler.credentials.gateway_secret): a request without it is not nginx's, and
         # gets nothing (the activator would forward it to a replica with no key asked)
         self.secret = secret
@@ -92,10 +94,10 @@ class Activator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(left, 0.25))
 
-    async def _open(self, url: str, request: Request, body: bytes) -> httpx.Response | None:
-        req = self._http.build_request("POST", url + request.url.path, content=body,
-                                       headers={"content-type": request.headers.get("content-type",
-                                                                                    "application/json")})
+    async def _open(self, pool: str, url: str, request: Request, body: bytes) -> httpx.Response | None:
+        headers = {"content-type": request.headers.get("content-type", "application/json"),
+                   **auth_headers(self.keys, pool)}
+        req = self._http.build_request("POST", url + request.url.path, content=body, headers=headers)
         try:
             return await self._http.send(req, stream=True)
         except httpx.HTTPError as e:  # the replica went between publish and now: wait for another
@@ -133,7 +135,7 @@ class Activator:
                 url = await self._replica(pool, first, request)
                 if url is None:
                     break
-                resp = await self._open(url, request, body)
+                resp = await self._open(pool, url, request, body)
                 if resp is not None:
                     release()
                     self.forwarded[pool] += 1
@@ -166,7 +168,7 @@ class Activator:
                     if await request.is_disconnected():
                         return
                     continue
-                resp = await self._open(url, request, body)
+                resp = await self._open(pool, url, request, body)
                 if resp is None:
                     continue
                 release()

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from autoscaler.backend_auth import BackendKeys
 from autoscaler.config import FleetConfig
 from autoscaler.engines import Engine
 from autoscaler.gateway.nginx import Gateway
@@ -68,6 +69,7 @@ class Controller:
         targets: Any | None = None,
         clock: Callable[[], float] = time.time,
         activator: Any | None = None,
+        keys: BackendKeys | None = None,
     ) -> None:
         self.activator = activator  # autoscaler.activator.Activator: held requests, serving replicas
         self.cfg = cfg
@@ -95,7 +97,8 @@ class Controller:
         self.actuator = Actuator(runtime, gateway, self.recorder, self.executor, clock,
                                  publish_routes=self._publish_routes if activator is not None else None,
                                  sleeper=self._sleep_or_wake, forget=self._forget)
-        self.observer = Observer(cfg, runtime, clock, self._gpu_view, self.actuator.busy, self._resume_stop)
+        self.observer = Observer(cfg, runtime, clock, self._gpu_view, self.actuator.busy, self._resume_stop,
+                                 keys=keys)
         gateway.on_reload.append(self._on_reload)
 
     def wake(self, pool: str | None = None) -> None:
@@ -159,7 +162,7 @@ class Controller:
             return
         path = "/sleep?level=1" if kind == "sleep" else "/wake_up"
         try:
-            resp = await self.observer.http.post(f"{r.url}{path}", timeout=120)
+            resp = await self.observer.http.post(f"{r.url}{path}", timeout=120, headers=self.observer.auth(r))
             if resp.status_code == 200:
                 self.health.setdefault(r.id, ReplicaHealth()).sleeping = kind == "sleep"
             else:

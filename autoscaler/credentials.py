@@ -10,6 +10,7 @@ import re
 import secrets
 from pathlib import Path
 
+from autoscaler.backend_auth import BackendKeys
 from autoscaler.config import ConfigError, FleetConfig
 from autoscaler.gateway.access import KeysError, KeysSource, ensure_default_keys, ensure_secret, write_private
 
@@ -17,6 +18,8 @@ log = logging.getLogger("gpufleet.credentials")
 
 ADMIN_TOKEN_FILE = "admin-token"
 GATEWAY_SECRET_FILE = "gateway-secret"
+BACKEND_SECRET_FILE = "backend-secret"
+SCRAPE_KEY_FILE = "scrape-key"
 KEYS_FILE = "api-keys.yaml"
 
 AUTH_OFF_BANNER = ("!" * 78 + "\n  GATEWAY AUTH IS OFF (gateway.auth.enabled: false): anyone who reaches the\n"
@@ -46,6 +49,22 @@ def gateway_secret(state_dir: Path) -> str:
         raise ConfigError(f"{path}: not a secret gpufleet made (16-256 of A-Z a-z 0-9 _ -); delete the file and "
                           "a new one is made at the next start")
     return secret
+
+
+def backend_keys(state_dir: Path, scrape_dir: Path) -> BackendKeys:
+    """The keys replicas demand (backend_auth), from a secret made once per state dir, so that a restarted
+    autoscaler and the replicas it adopts agree; and Prometheus' scrape key written (0600) into scrape_dir,
+    where Prometheus reads it. Never logged."""
+    secret, _ = ensure_secret(state_dir / BACKEND_SECRET_FILE)
+    keys = BackendKeys(secret)
+    path = scrape_dir / SCRAPE_KEY_FILE
+    try:
+        current = path.read_text().strip()
+    except FileNotFoundError:
+        current = ""
+    if current != keys.scrape_key:
+        write_private(path, keys.scrape_key + "\n")
+    return keys
 
 
 GRAFANA_PASSWORD_FILE = "admin-password"

@@ -25,7 +25,7 @@ from autoscaler.activator import Activator, create_activator_app
 from autoscaler.admin import AdminServer, create_admin_app
 from autoscaler.config import FleetConfig
 from autoscaler.controller import Controller
-from autoscaler.credentials import admin_token, gateway_secret, grafana_password, keys_source
+from autoscaler.credentials import admin_token, backend_keys, gateway_secret, grafana_password, keys_source
 from autoscaler.gateway.edge import EdgeStats
 from autoscaler.gateway.edge import listen_unix as listen_edge_unix
 from autoscaler.gateway.nginx import EDGE_SOCKET_NAME, Gateway, docker_nginx_conf
@@ -176,6 +176,8 @@ async def run_docker(cfg: FleetConfig) -> None:
     token, _ = admin_token(cfg, ADMIN_DIR)
     keys = keys_source(cfg, STATE_DIR)
     secret = gateway_secret(STATE_DIR)
+    # Prometheus reads its scrape key beside the admin token
+    replica_keys = backend_keys(STATE_DIR, ADMIN_DIR)
     if GRAFANA_DIR.is_dir():  # the compose stack's Grafana reads its admin password from here
         path, made = grafana_password(GRAFANA_DIR, os.environ.get("GPUFLEET_GRAFANA_PASSWORD") or None)
         if made:
@@ -199,16 +201,17 @@ async def run_docker(cfg: FleetConfig) -> None:
                                                           edge_log=g.edge_log_port is not None,
                                                           stub_status=g.status_port is not None,
                                                           gateway_secret=secret),
-                      activator=act.enabled, keys=keys, routing=cfg.routing_table())
+                      activator=act.enabled, keys=keys, routing=cfg.routing_table(), backend_keys=replica_keys)
     # Every pool's model, none serving: the gateway, even restarted before the first reload, sends their
     # requests to the activator (which forwards to replicas it is told of), never a 404. Overwriting what
     # an adopted nginx runs on is safe: the files count only at its next reload, which is the first update.
     gateway.write_initial(routes=initial_routes(cfg))
     placer = await asyncio.to_thread(docker_placer, cfg.gpus, client, project, network, image)
     runtime = DockerRuntime(client, project, network, image, gpus_visible=placer.reads_gpus,
-                            secrets_dir=SECRETS_DIR, secrets_volume=f"{project}_replica-secrets")
-    activator = Activator(cfg, secret=secret) if act.enabled else None
-    controller = Controller(cfg, runtime, gateway, placer, TargetsWriter(TARGETS), activator=activator)
+                            secrets_dir=SECRETS_DIR, secrets_volume=f"{project}_replica-secrets", keys=replica_keys)
+    activator = Activator(cfg, secret=secret, keys=replica_keys) if act.enabled else None
+    controller = Controller(cfg, runtime, gateway, placer, TargetsWriter(TARGETS), activator=activator,
+                            keys=replica_keys)
     edge = EdgeStats(tuple(p.name for p in cfg.pools), cfg.model_names) if g.edge_log_port else None
     # the gateway's nginx sends its access log to a socket in the conf volume both mount
     edge_rx = await listen_edge_unix(edge, NGINX_DIR / EDGE_SOCKET_NAME) if edge else None

@@ -36,6 +36,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from autoscaler.backend_auth import API_KEY, SCRAPE_KEY
+
 if TYPE_CHECKING:
     from autoscaler.config import PoolConfig
 
@@ -118,12 +120,17 @@ class Preset:
     read_only_root: bool = True
     start_timeout_s: float = 300.0  # not ready by then: stopped, its GPUs freed, the crash backoff applies
     hf_token_env: str | None = None  # the env var naming a file with the Hugging Face token (secret hf_token)
+    # how the engine demands a key (backend_auth: "{api_key}" the pool's, "{scrape_key}" Prometheus'); neither:
+    # it takes none, and anyone on the backend network reaches it keyless (SECURITY.md says which)
+    key_env: Mapping[str, str] = field(default_factory=dict)
+    key_args: tuple[str, ...] = ()
 
 
 _TP = "{tp}"
 PRESETS: Mapping[str, Preset] = {
     # the stack's own OpenAI server on the sim engine: vLLM's contract (/health once loaded, vLLM's names)
-    "sim": Preset("sim", argv=(), sleep=True, user=NOBODY, start_timeout_s=120.0),
+    "sim": Preset("sim", argv=(), sleep=True, user=NOBODY, start_timeout_s=120.0,
+                  key_env={"GPUFLEET_API_KEY": API_KEY, "GPUFLEET_METRICS_KEY": SCRAPE_KEY}),
     # any OpenAI-compatible server the user names; vLLM's metric names unless `metrics` says otherwise
     "command": Preset("command", argv=(), user=NOBODY),
     "vllm": Preset(
@@ -134,13 +141,17 @@ PRESETS: Mapping[str, Preset] = {
         sleep_env={"VLLM_SERVER_DEV_MODE": "1"}, stop_grace_s=30.0, cache_path="/root/.cache/huggingface",
         # the image runs as root and writes compile/kernel caches under /root/.cache and site-packages
         read_only_root=False, shm_size="8g", start_timeout_s=1800.0, hf_token_env="HF_TOKEN_PATH",
-        env={"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}),
+        env={"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"},
+        # guards the /v1 routes only (vllm/entrypoints/openai/api_server.py, AuthenticationMiddleware)
+        key_env={"VLLM_API_KEY": API_KEY}),
     "sglang": Preset(
         "sglang", image="lmsysorg/sglang:v0.5.4",
         argv=("python3", "-m", "sglang.launch_server", "--model-path", "{model_path}", "--served-model-name",
               "{model}", "--host", "{host}", "--port", "{port}", "--tp-size", _TP, "--enable-metrics"),
         metrics=SGLANG_METRICS, ready_timeout_s=25.0, stop_grace_s=30.0, cache_path="/root/.cache/huggingface",
-        read_only_root=False, shm_size="8g", start_timeout_s=1800.0, hf_token_env="HF_TOKEN_PATH"),
+        read_only_root=False, shm_size="8g", start_timeout_s=1800.0, hf_token_env="HF_TOKEN_PATH",
+        # every route but /health* and /metrics (python/sglang/srt/utils.py, add_api_key_middleware); no env var
+        key_args=("--api-key", API_KEY)),
     "tgi": Preset(
         "tgi", image="ghcr.io/huggingface/text-generation-inference:3.3.7",
         argv=("/tgi-entrypoint.sh", "--model-id", "{model_path}", "--hostname", "{host}", "--port", "{port}",
@@ -151,7 +162,10 @@ PRESETS: Mapping[str, Preset] = {
         "llamacpp", image="ghcr.io/ggml-org/llama.cpp:server",
         argv=("/app/llama-server", "--model", "{model_path}", "--alias", "{model}", "--host", "{host}",
               "--port", "{port}", "--metrics"),
-        metrics=LLAMACPP_METRICS, user=NOBODY, start_timeout_s=300.0),
+        metrics=LLAMACPP_METRICS, user=NOBODY, start_timeout_s=300.0,
+        # a comma-separated list, demanded on every route but /health and /models, /metrics included
+        # (tools/server/server-http.cpp): Prometheus' scrape key is the second
+        key_env={"LLAMA_API_KEY": f"{API_KEY},{SCRAPE_KEY}"}),
 }
 
 
@@ -174,6 +188,8 @@ class Engine:
     shm_size: str | None
     user: str | None
     read_only_root: bool
+    key_env: Mapping[str, str]
+    key_args: tuple[str, ...]
 
     @property
     def name(self) -> str:
@@ -239,6 +255,7 @@ def resolve(pool: PoolConfig, python: str = sys.executable) -> Engine:
         start_timeout_s=pool.start_timeout_s or start_timeout, volumes=volumes,
         shm_size=pool.shm_size or pre.shm_size, user=pre.user,
         read_only_root=pre.read_only_root if pool.read_only_root is None else pool.read_only_root,
+        key_env=pre.key_env, key_args=pre.key_args,
     )
 
 

@@ -23,7 +23,7 @@ from autoscaler.activator import Activator, create_activator_app
 from autoscaler.admin import AdminServer, create_admin_app
 from autoscaler.config import FleetConfig
 from autoscaler.controller import Controller
-from autoscaler.credentials import admin_token, gateway_secret, keys_source
+from autoscaler.credentials import SCRAPE_KEY_FILE, admin_token, backend_keys, gateway_secret, keys_source
 from autoscaler.gateway.edge import EdgeStats
 from autoscaler.gateway.edge import listen as listen_edge
 from autoscaler.gateway.nginx import Gateway, LocalNginx, atomic_write
@@ -95,8 +95,9 @@ class LocalNginxExporter:
 
 class LocalPrometheus:
     def __init__(self, run_dir: Path, cfg: FleetConfig, token_file: Path | None = None,
-                 nginx_exporter: str | None = None) -> None:
+                 nginx_exporter: str | None = None, scrape_key_file: Path | None = None) -> None:
         self.nginx_exporter = nginx_exporter  # host:port to scrape, None: not running
+        self.scrape_key_file = scrape_key_file  # what replicas demand of Prometheus on /metrics
         self.dir = run_dir / "prometheus"
         self.cfg = cfg
         self.token_file = token_file  # the admin token, to scrape the autoscaler
@@ -115,6 +116,7 @@ class LocalPrometheus:
             rule_files=[str(rules)] if rules.exists() else [],
             autoscaler_target=f"{self.cfg.admin.host}:{self.cfg.admin.port}",
             targets_file=str(self.targets), credentials_file=self.token_file, nginx_exporter=self.nginx_exporter,
+            replicas_credentials_file=self.scrape_key_file,
         )
         atomic_write(self.dir / "prometheus.yml", text)
         p = self.cfg.prometheus
@@ -151,6 +153,7 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
     token, token_file = admin_token(cfg, run_dir)
     keys = keys_source(cfg, run_dir)
     secret = gateway_secret(run_dir)
+    replica_keys = backend_keys(run_dir, run_dir)
     act = cfg.activator
     edge_port = cfg.gateway.edge_log_port
     admin_host = f"[{cfg.admin.host}]" if ":" in cfg.admin.host else cfg.admin.host
@@ -160,16 +163,17 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
     adopted = nginx.adopt()
     gateway = Gateway(nginx.conf_dir, cfg.gateway, nginx.validate, nginx.reload, nginx.probe,
                       activator=act.enabled, keys=keys, routing=cfg.routing_table(),
-                      state_dir=nginx.worker_state_dir())
+                      state_dir=nginx.worker_state_dir(), backend_keys=replica_keys)
     # adopted: nginx serves the fleet the files describe; the first update reloads it with today's
     gateway.write_initial(keep_existing=adopted, routes=initial_routes(cfg))
     exporter = LocalNginxExporter(run_dir, cfg) if cfg.prometheus.enabled else None
     prom = LocalPrometheus(run_dir, cfg, token_file, nginx_exporter=exporter.listen if exporter and exporter.usable
-                           else None) if cfg.prometheus.enabled else None
-    runtime = LocalRuntime(run_dir / "replicas")
-    activator = Activator(cfg, secret=secret) if act.enabled else None
+                           else None, scrape_key_file=run_dir / SCRAPE_KEY_FILE) if cfg.prometheus.enabled else None
+    runtime = LocalRuntime(run_dir / "replicas", keys=replica_keys)
+    activator = Activator(cfg, secret=secret, keys=replica_keys) if act.enabled else None
     controller = Controller(cfg, runtime, gateway, make_placer(cfg.gpus),
-                            TargetsWriter(run_dir / "prometheus" / "targets.json"), activator=activator)
+                            TargetsWriter(run_dir / "prometheus" / "targets.json"), activator=activator,
+                            keys=replica_keys)
     act_server = AdminServer(uvicorn.Config(create_activator_app(activator), host=act.host, port=act.port,
                                             log_level="warning", access_log=False)) if activator else None
     edge = EdgeStats(tuple(p.name for p in cfg.pools), cfg.model_names) if edge_port else None

@@ -178,10 +178,11 @@ def main() -> None:
         "direct_ms": {"p50": 1e3 * pct(d, 50), "p99": 1e3 * pct(d, 99)},
         "nginx_ms": {"p50": 1e3 * pct(p, 50), "p99": 1e3 * pct(p, 99)},
         "overhead_ms": {"p50": 1e3 * (pct(p, 50) - pct(d, 50)), "p99": 1e3 * (pct(p, 99) - pct(d, 99))},
+        # --reloads 0: none measured
         "reload_ms": {"p50": 1e3 * statistics.median(res["flush"]), "max": 1e3 * max(res["flush"]),
-                      "n": len(res["flush"])},
+                      "n": len(res["flush"])} if res["flush"] else None,
         "reload_to_first_response_ms": {"p50": 1e3 * statistics.median(res["effective"]),
-                                        "max": 1e3 * max(res["effective"])},
+                                        "max": 1e3 * max(res["effective"])} if res["effective"] else None,
     }
     print(json.dumps(out, indent=1))
     if args.json:

@@ -11,6 +11,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from inference.app import create_app
+from inference.auth import keys_from_env, require_keys
 from inference.engines import PROFILES, SimEngine
 
 
@@ -42,7 +43,10 @@ def main(argv: list[str] | None = None, wrap: Callable[[FastAPI], Any] | None = 
     )
     engine = SimEngine(profile)
     app = create_app(engine, args.model, **({"max_waiting": args.max_waiting} if args.max_waiting else {}))
-    asyncio.run(_serve(engine, wrap(app) if wrap else app, args.host, args.port))
+    # the keys the autoscaler gave (GPUFLEET_API_KEY, GPUFLEET_METRICS_KEY); none: keyless, as a bare vLLM
+    api_keys, metrics_keys = keys_from_env()
+    served = require_keys(wrap(app) if wrap else app, api_keys, metrics_keys)
+    asyncio.run(_serve(engine, served, args.host, args.port))
 
 
 async def _serve(engine: SimEngine, app: Any, host: str, port: int) -> None:

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import docker
+from autoscaler.backend_auth import BackendKeys
 from autoscaler.config import parse_config
 from autoscaler.docker_guard import Policy
 from autoscaler.loop.lifecycle import replica_spec
@@ -23,6 +24,7 @@ POLICY = Policy(project=PROJECT, network=NET, images=frozenset({APP, "vllm/vllm-
                 volumes=frozenset({"gf_weights", "gf_replica-secrets"}),
                 read_only_volumes=frozenset({"gf_replica-secrets"}), max_gpus=2, stack_image=APP,
                 nvml_helper="gf-nvml")
+KEYS = BackendKeys("attack-suite-secret")  # a stack always gives its replicas their keys
 
 
 class _Captured(Exception):
@@ -50,7 +52,7 @@ def sdk_body(kwargs: dict[str, Any]) -> tuple[dict[str, Any], str]:
 def replica(pool: str = "chat", gpus: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
     spec = replica_spec(CFG.pool(pool), "active", gpus)
     return sdk_body(create_kwargs(spec, f"r-{pool}-1a2b3c4d", project=PROJECT, network=NET, default_image=APP,
-                                  gpus_visible=True, secrets_volume="gf_replica-secrets"))
+                                  gpus_visible=True, secrets_volume="gf_replica-secrets", keys=KEYS))
 
 
 def mutations() -> list[tuple[str, Any]]:

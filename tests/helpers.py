@@ -168,6 +168,12 @@ class LocalStack:
     def admin_get(self, path: str, timeout: float = 5) -> httpx.Response:
         return httpx.get(f"{self.admin}{path}", headers=self.admin_headers, timeout=timeout)
 
+    def replica_headers(self, pool: str = "chat") -> dict[str, str]:
+        """What the stack shows a replica of pool: the key derived from run/backend-secret, as the stack does."""
+        from autoscaler.backend_auth import BackendKeys, auth_headers
+
+        return auth_headers(BackendKeys((self.run_dir / "backend-secret").read_text().strip()), pool)
+
     def status(self) -> dict[str, Any]:
         r = self.admin_get("/status")
         r.raise_for_status()

@@ -41,6 +41,14 @@ class EdgeRecord:
     model: str
     status: str
     seconds: float
+    retries: int = 0  # replicas tried before the one that answered (nginx's proxy_next_upstream)
+
+
+def replicas_tried(upstream_addr: str) -> int:
+    """How many replicas nginx sent one request to: $upstream_addr lists them with ", " (" : " separates the
+    groups of an internal redirect, of which only the last, the pool's, went to replicas)."""
+    last = upstream_addr.rsplit(" : ", 1)[-1].strip()
+    return len([a for a in last.split(",") if a.strip() and a.strip() != "-"])
 
 
 def parse_line(line: str, pools: Iterable[str], models: Iterable[str]) -> EdgeRecord | None:
@@ -65,7 +73,8 @@ def parse_line(line: str, pools: Iterable[str], models: Iterable[str]) -> EdgeRe
         pool = name if name in set(pools) else OTHER
     model = str(d.get("model") or "")
     model = (model if model in set(models) else OTHER) if model else NONE
-    return EdgeRecord(pool, model, status, max(rt, 0.0))
+    retries = max(replicas_tried(str(d.get("up") or "")) - 1, 0) if pool != NONE else 0
+    return EdgeRecord(pool, model, status, max(rt, 0.0), retries)
 
 
 @dataclass
@@ -77,6 +86,7 @@ class EdgeStats:
     requests: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     latency: dict[str, Hist] = field(default_factory=dict)  # per pool
     lines: Counter[str] = field(default_factory=Counter)  # parsed, ignored, unparsable
+    retries: Counter[str] = field(default_factory=Counter)  # per pool
 
     def __post_init__(self) -> None:
         # the gateway's own refusals from 0, so the first one is an increase Prometheus can see
@@ -96,6 +106,8 @@ class EdgeStats:
         self.lines["parsed"] += 1
         self.requests[(rec.pool, rec.model, rec.status)] += 1
         self.latency.setdefault(rec.pool, Hist(BUCKETS)).observe(rec.seconds)
+        if rec.retries:
+            self.retries[rec.pool] += rec.retries
 
     def metrics(self) -> Iterator[Metric]:
         reqs = CounterMetricFamily("gpufleet_edge_requests", "API requests answered by the gateway, by the pool "
@@ -109,6 +121,12 @@ class EdgeStats:
         for pool, h in sorted(self.latency.items()):
             hist.add_metric([pool], h.buckets(), h.sum)
         yield hist
+        retried = CounterMetricFamily("gpufleet_edge_retries", "Requests nginx sent to another replica of the pool "
+                                      "because the one it tried answered nothing (refused, reset, closed)",
+                                      labels=["pool"])
+        for pool in sorted(set(self.pools) | set(self.retries)):
+            retried.add_metric([pool], self.retries[pool])
+        yield retried
         lines = CounterMetricFamily("gpufleet_edge_log_lines", "Access-log datagrams received, by what became "
                                     "of them", labels=["result"])
         for result in ("parsed", "ignored", "unparsable"):

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from autoscaler.backend_auth import BackendKeys
 from autoscaler.gateway.access import AccessPolicy, KeysSource
 from autoscaler.gateway.render import (
     NO_KEYS,
@@ -98,8 +99,10 @@ class Gateway:
         keys: KeysSource | None = None,
         routing: Mapping[str, Any] | None = None,
         state_dir: Path | None = None,
+        backend_keys: BackendKeys | None = None,
     ) -> None:
         self.activator = activator
+        self.backend_keys = backend_keys  # what replicas demand: nginx presents each pool's key
         # aliases, rules, fallbacks (gateway.routing.routing_table), and where njs reads which pools overflow:
         # nginx's workers read it per request, so it must be where they may read (state_dir; else conf_dir)
         self.state_file = (state_dir or conf_dir) / STATE_FILE
@@ -137,7 +140,8 @@ class Gateway:
         """
         shutil.copyfile(TEMPLATES / "gateway.js", self.conf_dir / "gateway.js")
         # every pool's model is known from the start (with no server yet): the activator holds, no 404
-        files = render_gateway(routes, activator=self.activator, access=self._access(), routing=self.routing)
+        files = render_gateway(routes, activator=self.activator, access=self._access(), routing=self.routing,
+                               backend_keys=self.backend_keys)
         if self._main_conf is not None:
             files[MAIN_CONF] = self._main_conf()
         for name, text in files.items():
@@ -154,7 +158,7 @@ class Gateway:
         """
         try:
             files = render_gateway(routes, self.cfg.upstream_template, self.activator, self._access(),
-                                   self.routing)
+                                   self.routing, self.backend_keys)
             if self._main_conf is not None:
                 files[MAIN_CONF] = self._main_conf()
         except Exception as e:  # a broken template must never take the gateway down

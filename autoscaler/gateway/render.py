@@ -12,6 +12,7 @@ from typing import Any
 
 import jinja2
 
+from autoscaler.backend_auth import BackendKeys, auth_headers
 from autoscaler.gateway.access import AccessPolicy, render_access
 
 
@@ -54,25 +55,35 @@ def _nginx_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def render_replica_names(routes: Sequence[PoolRoute]) -> str:
-    """$gf_replica: the replica id behind the upstream address nginx used (the address itself stays inside)."""
-    lines = ["# Rendered by gpufleet's autoscaler: upstream address -> replica id.",
+def render_replica_names(routes: Sequence[PoolRoute], keys: BackendKeys | None = None) -> str:
+    """$gf_replica: the replica id behind the upstream address nginx used (the address itself stays inside);
+    $gf_backend_auth: the Authorization header a pool's replicas demand ("": none is sent)."""
+    lines = ["# Rendered by gpufleet's autoscaler: upstream address -> replica id; pool -> its backend key.",
              "map $upstream_addr $gf_replica {", '    default "";']
-    for p in sorted(routes, key=lambda r: r.name):
+    pools = sorted(routes, key=lambda r: r.name)
+    for p in pools:
         for addr, rid in zip(p.servers, p.replica_ids, strict=False):
-            lines.append(f"    {_nginx_str(addr)} {_nginx_str(rid)};")
+            # the last address tried: a retried request's $upstream_addr lists every replica it went to
+            lines.append(f"    {_nginx_str('~(^|, )' + re.escape(addr) + '$')} {_nginx_str(rid)};")
+    lines += ["}", "map $gf_pool $gf_backend_auth {", '    default "";']
+    for p in pools:
+        header = auth_headers(keys, p.name).get("Authorization")
+        if header:  # $gf_pool is the upstream's name: "-" written "_"
+            lines.append(f"    {_nginx_str(p.name.replace('-', '_'))} {_nginx_str(header)};")
     return "\n".join(lines) + "\n}\n"
 
 
 def render_gateway(
     routes: Sequence[PoolRoute], upstream_template: Path | None = None, activator: bool = False,
     access: AccessPolicy = NO_KEYS, routing: Mapping[str, Any] | None = None,
+    backend_keys: BackendKeys | None = None,
 ) -> dict[str, str]:
     """{file name: content} for the files the gateway includes. Raises on a broken template.
     activator: a pool with no serving replica (nor fallback) goes to the activator instead of a 503.
     access: the API keys and limits nginx enforces.
     routing: aliases, rules, fallback caps and the state file (gateway.routing.routing_table); without
-    it, each pool's model routes to it and falls back as its PoolRoute says."""
+    it, each pool's model routes to it and falls back as its PoolRoute says.
+    backend_keys: what the replicas demand; nginx presents each pool's key to its replicas."""
     pools = sorted(routes, key=lambda r: r.name)
     acc = render_access(access)
     src = upstream_template.read_text() if upstream_template else packaged_template("upstreams.conf.j2")
@@ -88,7 +99,7 @@ def render_gateway(
     }
     upstreams = render_template(src, pools=pools)
     # Which config a worker runs: /v1/models answers it in a header, so a reload can be confirmed.
-    names = render_replica_names(pools)
+    names = render_replica_names(pools, backend_keys)
     stamp = upstreams + acc["http"] + acc["location"] + names + json.dumps(table, sort_keys=True)
     table["generation"] = hashlib.sha256(stamp.encode()).hexdigest()[:16]
     return {

@@ -34,7 +34,7 @@ def replica_spec(p: PoolConfig, role: Role, gpus: tuple[str, ...], cpus: tuple[i
         cpus=cpus, image=e.image, memory_limit=p.limits.memory, pids_limit=p.limits.pids, env=dict(e.env),
         secret_files={k: str(v) for k, v in p.secret_files.items()}, volumes=dict(e.volumes), shm_size=e.shm_size,
         ipc=p.ipc, stop_signal=e.stop_signal, stop_grace_s=e.stop_grace_s, user=e.user,
-        read_only_root=e.read_only_root)
+        read_only_root=e.read_only_root, key_env=dict(e.key_env), key_args=e.key_args)
 
 
 def place_replica(gpus: GpuView, p: PoolConfig, used: set[str],

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from autoscaler.backend_auth import BackendKeys, auth_headers
 from autoscaler.config import FleetConfig, parse_config
 from autoscaler.engines import Engine
 from autoscaler.loop.actions import StartFailure
@@ -40,10 +41,13 @@ class ReplicaHealth:
 
 class Observer:
     def __init__(self, cfg: FleetConfig, runtime: Runtime, clock: Callable[[], float],
-                 gpus: Callable[[], GpuView], busy: set[str], resume_stop: Callable[[Replica], None]) -> None:
+                 gpus: Callable[[], GpuView], busy: set[str], resume_stop: Callable[[Replica], None],
+                 keys: BackendKeys | None = None) -> None:
         """gpus: the GPUs as placement sees them now; busy: the replicas the actuator is removing (not scraped,
-        shown as stopping); resume_stop: a removal a previous autoscaler began, to finish."""
+        shown as stopping); resume_stop: a removal a previous autoscaler began, to finish; keys: what replicas
+        demand (each pool's key is shown to its replicas)."""
         self.cfg = cfg
+        self.keys = keys
         self.runtime = runtime
         self.clock = clock
         self.gpus = gpus
@@ -58,8 +62,13 @@ class Observer:
     async def close(self) -> None:
         await self.http.aclose()
 
-    async def _get(self, url: str, timeout: float | None = None) -> tuple[int, str]:
-        async with self.http.stream("GET", url, timeout=timeout or httpx.USE_CLIENT_DEFAULT) as resp:
+    def auth(self, r: Replica) -> dict[str, str]:
+        return auth_headers(self.keys, r.pool)
+
+    async def _get(self, url: str, timeout: float | None = None,
+                   headers: Mapping[str, str] | None = None) -> tuple[int, str]:
+        async with self.http.stream("GET", url, timeout=timeout or httpx.USE_CLIENT_DEFAULT,
+                                    headers=headers) as resp:
             body = bytearray()
             async for chunk in resp.aiter_bytes():
                 body += chunk
@@ -82,8 +91,8 @@ class Observer:
 
             async def probe() -> None:
                 try:
-                    code, _ = await asyncio.wait_for(self._get(f"{r.url}{eng.ready_path}", eng.ready_timeout_s),
-                                                     eng.ready_timeout_s)
+                    code, _ = await asyncio.wait_for(
+                        self._get(f"{r.url}{eng.ready_path}", eng.ready_timeout_s, self.auth(r)), eng.ready_timeout_s)
                     h.ready = code == 200
                     h.last_error = None if h.ready else f"{eng.ready_path} answered {code}"
                 except Exception as e:  # not listening yet (vLLM binds its port once loaded), a timeout, ...
@@ -97,10 +106,10 @@ class Observer:
     async def _scrape_once(self, r: Replica, h: ReplicaHealth) -> None:
         eng = self.engine(r.pool)
         if r.role == "warm" and eng.sleep:
-            code, text = await self._get(f"{r.url}/is_sleeping")
+            code, text = await self._get(f"{r.url}/is_sleeping", headers=self.auth(r))
             # an engine without sleep mode (404) is awake
             h.sleeping = code == 200 and json.loads(text).get("is_sleeping") is True
-        code, text = await self._get(f"{r.url}/metrics")
+        code, text = await self._get(f"{r.url}/metrics", headers=self.auth(r))
         if code != 200:
             raise ValueError(f"/metrics answered {code}")
         h.samples.append(parse_metrics(text, self.clock(), eng.metrics))

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from autoscaler.backend_auth import BackendKeys
+
 Role = Literal["starting", "warm", "active", "draining"]
 ROLES: tuple[Role, ...] = ("starting", "warm", "active", "draining")
 
@@ -48,11 +50,27 @@ class ReplicaSpec:
     stop_grace_s: float = 10.0  # the stop signal, then this long, then SIGKILL
     user: str | None = None  # docker: None = the image's user
     read_only_root: bool = True  # docker
+    # how the engine takes the key it demands ("{api_key}", "{scrape_key}"): given only when the runtime has
+    # BackendKeys (a stack), so a replica started without them (tests, benchmarks) answers keyless
+    key_env: Mapping[str, str] = field(default_factory=dict)
+    key_args: tuple[str, ...] = ()
 
 
-def replica_env(spec: ReplicaSpec, secrets_dir: str) -> dict[str, str]:
-    """The engine's environment with "{secrets}" made the folder the runtime put the secret files in."""
-    return {k: v.replace(SECRETS_PLACEHOLDER, secrets_dir) for k, v in spec.env.items()}
+def replica_env(spec: ReplicaSpec, secrets_dir: str, keys: BackendKeys | None = None) -> dict[str, str]:
+    """The engine's environment with "{secrets}" made the folder the runtime put the secret files in, and the
+    pool's backend key where the engine reads it."""
+    env = {k: v.replace(SECRETS_PLACEHOLDER, secrets_dir) for k, v in spec.env.items()}
+    if keys is not None:
+        env.update({k: keys.fill(spec.pool, v) for k, v in spec.key_env.items()})
+    return env
+
+
+def engine_argv(spec: ReplicaSpec, keys: BackendKeys | None = None, **values: object) -> list[str]:
+    """The argv to run: placeholders filled (fill_argv), the engine's key flags added when the stack has keys."""
+    argv = fill_argv(spec.argv, **values)
+    if keys is not None:
+        argv += [keys.fill(spec.pool, a) for a in spec.key_args]
+    return argv
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from autoscaler.backend_auth import BackendKeys
 from autoscaler.engines import NOBODY
 from autoscaler.gateway.nginx import probe_headers
-from autoscaler.runtime.base import Replica, ReplicaSpec, Role, fill_argv, replica_env
+from autoscaler.runtime.base import Replica, ReplicaSpec, Role, engine_argv, replica_env
 
 L = "io.gpufleet."
 REPLICA_PORT = 8000
@@ -82,7 +83,7 @@ SECRETS_MOUNT = "/run/gpufleet-secrets"  # where replicas see the secrets volume
 
 def create_kwargs(spec: ReplicaSpec, rid: str, *, project: str, network: str, default_image: str,
                   gpus_visible: bool, env: dict[str, str] | None = None,
-                  secrets_volume: str | None = None) -> dict[str, Any]:
+                  secrets_volume: str | None = None, keys: BackendKeys | None = None) -> dict[str, Any]:
     """The Docker SDK's containers.create() arguments for one replica: exactly what gpufleet asks the engine
     for (the Docker API proxy admits this shape and nothing wider). Pure."""
     from docker.types import DeviceRequest, Mount
@@ -104,11 +105,13 @@ def create_kwargs(spec: ReplicaSpec, rid: str, *, project: str, network: str, de
         # compose lists only containers that carry a config hash
         "com.docker.compose.config-hash": spec.config_hash,
     }
-    argv = fill_argv(spec.argv, model=spec.model, port=REPLICA_PORT, host="0.0.0.0", replica_id=rid)
+    argv = engine_argv(spec, keys, model=spec.model, port=REPLICA_PORT, host="0.0.0.0", replica_id=rid)
     if argv and "python" in argv[0].rsplit("/", 1)[-1] and spec.image is None:
         argv[0] = "python"  # the stack image's interpreter, not the path the autoscaler runs from
     secrets_dir = f"{SECRETS_MOUNT}/{spec.pool}"
-    environment = {**(env or {}), **replica_env(spec, secrets_dir), "GPUFLEET_REPLICA_ID": rid}
+    # the pool's key in the environment: `docker inspect` shows it, and only the autoscaler may inspect (the
+    # proxy's allow-list); not in the secrets volume, which every replica mounts whole
+    environment = {**(env or {}), **replica_env(spec, secrets_dir, keys), "GPUFLEET_REPLICA_ID": rid}
     if spec.user == REPLICA_USER:
         environment.setdefault("HOME", "/tmp")  # nobody has no home, and engines keep caches there
     kwargs: dict[str, Any] = {}
@@ -164,8 +167,9 @@ class DockerRuntime:
 
     def __init__(self, client: Any, project: str, network: str, image: str, gpus_visible: bool = False,
                  env: dict[str, str] | None = None, secrets_dir: Path | None = None,
-                 secrets_volume: str | None = None) -> None:
+                 secrets_volume: str | None = None, keys: BackendKeys | None = None) -> None:
         self.client = client
+        self.keys = keys  # the keys replicas demand (None: they answer keyless)
         self.project = project
         self.network = network
         self.image = image
@@ -249,7 +253,7 @@ class DockerRuntime:
             self.write_secrets(spec)
         return self.client.containers.create(**create_kwargs(
             spec, rid, project=self.project, network=self.network, default_image=self.image,
-            gpus_visible=self.gpus_visible, env=self.env, secrets_volume=self.secrets_volume))
+            gpus_visible=self.gpus_visible, env=self.env, secrets_volume=self.secrets_volume, keys=self.keys))
 
     def write_secrets(self, spec: ReplicaSpec) -> None:
         """The pool's secret files into the volume its replicas mount read-only (the files, not env vars:

@@ -20,8 +20,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from autoscaler.backend_auth import BackendKeys
 from autoscaler.procs import pid_alive
-from autoscaler.runtime.base import Replica, ReplicaSpec, Role, fill_argv, replica_env
+from autoscaler.runtime.base import Replica, ReplicaSpec, Role, engine_argv, replica_env
 
 
 def _free_port(host: str) -> int:
@@ -72,8 +73,9 @@ class _Record(BaseModel):
 class LocalRuntime:
     name = "local"
 
-    def __init__(self, state_dir: Path, host: str = "127.0.0.1") -> None:
+    def __init__(self, state_dir: Path, host: str = "127.0.0.1", keys: BackendKeys | None = None) -> None:
         self.state_dir = state_dir
+        self.keys = keys  # the keys replicas demand (None: they answer keyless)
         self.host = host
         state_dir.mkdir(parents=True, exist_ok=True)
         self._children: dict[str, subprocess.Popen[bytes]] = {}
@@ -117,8 +119,9 @@ class LocalRuntime:
                        host=self.host, port=port, gpus=spec.gpus, config_hash=spec.config_hash, created_at=now,
                        role_since=now, spec=asdict(spec))
         self._write(data)  # state first: a crash from here on leaves a record to clean up
-        argv = fill_argv(spec.argv, model=spec.model, port=port, host=self.host, replica_id=rid)
-        env = dict(os.environ, **replica_env(spec, self.secrets_dir(spec)), GPUFLEET_REPLICA_ID=rid)
+        argv = engine_argv(spec, self.keys, model=spec.model, port=port, host=self.host, replica_id=rid)
+        # the key in the environment (readable by this user only), not in argv (`ps` shows argv to everyone)
+        env = dict(os.environ, **replica_env(spec, self.secrets_dir(spec), self.keys), GPUFLEET_REPLICA_ID=rid)
         visible = cuda_visible_devices(spec.gpus)
         if visible is not None:
             env["CUDA_VISIBLE_DEVICES"] = visible

@@ -1,2 +1,2 @@
 // Rendered by gpufleet's autoscaler: model -> pool, which pools serve, fallbacks.
-export default {"activator": true, "auth": true, "fallback": {}, "generation": "3f1b7b70c13a5b2e", "keys": {}, "models": {}, "routes": {}, "rules": [], "serving": {}};
+export default {"activator": true, "auth": true, "fallback": {}, "generation": "ee83b90040ba6c4e", "keys": {}, "models": {}, "routes": {}, "rules": [], "serving": {}};

@@ -163,6 +163,15 @@ def test_admin_api_needs_its_token_and_prometheus_scrapes_with_it(compose_stack)
         return bool(res) and res[0]["value"][1] == "1"
 
     wait_for(scraped, 60, "Prometheus scraping the autoscaler with the token", interval=1)
+
+    def replicas_scraped() -> bool:
+        # every replica, llama.cpp's included, which demands a key on /metrics: the stack's scrape key
+        res = httpx.get(f"{stack.prom}/api/v1/query", params={"query": 'up{job="gpufleet-replicas"}'},
+                        timeout=5).json()["data"]["result"]
+        return {r["metric"]["pool"] for r in res if r["value"][1] == "1"} >= {"chat", "llama"}
+
+    wait_for(replicas_scraped, 60, "Prometheus scraping the sim and llama.cpp replicas with the scrape key",
+             interval=1)
     # the lifecycle API is off: nobody who reaches Prometheus can stop it
     assert httpx.post(f"{stack.prom}/-/quit", timeout=5).status_code == 403
 
@@ -179,6 +188,12 @@ out = {
   "admin gpus": httpx.get("http://autoscaler:8181/gpus", timeout=10).status_code,
   "admin metrics": httpx.get("http://autoscaler:8181/metrics", timeout=10).status_code,
 }
+# the replicas themselves, around the gateway: each demands its own pool's key (and /health stays open)
+for name, url, model in REPLICAS:
+    body = {**chat, "model": model}
+    out[f"{name} chat"] = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=10).status_code
+    out[f"{name} metrics"] = httpx.get(f"{url}/metrics", timeout=10).status_code
+    out[f"{name} health"] = httpx.get(f"{url}/health", timeout=10).status_code
 print(json.dumps(out))
 """
 
@@ -187,11 +202,23 @@ def test_from_inside_a_replica_the_activator_and_the_admin_api_give_nothing(comp
     """A compromised replica (a malicious model, an engine bug) reaches the autoscaler on the backend network:
     no keyless inference through the activator, nothing of the admin API without its token."""
     stack = compose_stack
-    wait_for(lambda: stack.active(), 60, "a serving replica")
-    (c,) = stack.containers(f"io.gpufleet.replica={stack.active()[0]['id']}")
-    r = subprocess.run(["docker", "exec", c["ID"], "python", "-c", FROM_A_REPLICA], capture_output=True, text=True,
+    wait_for(lambda: len(stack.active()) >= 1, 60, "a serving replica")
+    pools = stack.status()["pools"]
+    me = stack.active()[0]
+    # its own replica, another of its pool (the warm one), and llama.cpp's (another pool, a third-party engine)
+    targets = [("self", me["url"], "tiny-chat")]
+    targets += [("peer", r["url"], "tiny-chat") for r in pools["chat"]["replicas"] if r["id"] != me["id"]
+                and r["ready"]][:1]
+    targets += [("llama", r["url"], "tiny-llama") for r in pools["llama"]["replicas"] if r["ready"]][:1]
+    assert len(targets) == 3, targets
+    (c,) = stack.containers(f"io.gpufleet.replica={me['id']}")
+    script = f"REPLICAS = {targets!r}\n" + FROM_A_REPLICA
+    r = subprocess.run(["docker", "exec", c["ID"], "python", "-c", script], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stderr
     codes = json.loads(r.stdout.strip().splitlines()[-1])
-    assert codes == {"activator": 403, "activator, a guessed secret": 403, "admin status": 401, "admin gpus": 401,
-                     "admin metrics": 401}, codes
+    expected = {"activator": 403, "activator, a guessed secret": 403, "admin status": 401, "admin gpus": 401,
+                "admin metrics": 401}
+    for name in ("self", "peer", "llama"):
+        expected |= {f"{name} chat": 401, f"{name} metrics": 401, f"{name} health": 200}
+    assert codes == expected, codes

@@ -244,3 +244,35 @@ def test_a_client_cannot_hide_from_the_edge_metrics_with_the_probe_header(keyed_
                        headers={"Authorization": f"Bearer {ALICE}", "X-Gpufleet-Probe": value})
         assert r.status_code == 200
     wait_for(lambda: _edge_requests(stack, "chat") >= before + 3, 10, "the three requests counted at the edge")
+
+
+def test_a_replica_answers_its_own_stack_only(keyed_stack):
+    """Every replica demands its pool's key (derived from the stack's backend secret): nothing on this host or,
+    in Docker, on the backend network reaches a model around the gateway. /health stays open (the readiness
+    contract); Prometheus' scrape key opens /metrics and nothing else."""
+    stack = keyed_stack
+    (rep,) = wait_for(lambda: stack.replicas("chat", role="active", ready=True) or None, 30, "a serving replica")
+    url = rep["url"]
+    body = {**CHAT, "model": "tiny-chat"}
+    own, other = stack.replica_headers("chat"), stack.replica_headers("other")
+    scrape = {"Authorization": f"Bearer {(stack.run_dir / 'scrape-key').read_text().strip()}"}
+    assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+    for headers in ({}, {"Authorization": f"Bearer {ALICE}"}, other, scrape):
+        r = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=10)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", (headers, r.text)
+        assert httpx.post(f"{url}/sleep", headers=headers, timeout=10).status_code == 401
+        assert httpx.get(f"{url}/v1/models", headers=headers, timeout=10).status_code == 401
+    for headers in ({}, other):
+        assert httpx.get(f"{url}/metrics", headers=headers, timeout=10).status_code == 401
+    assert httpx.get(f"{url}/metrics", headers=scrape, timeout=10).status_code == 200
+    assert httpx.post(f"{url}/v1/chat/completions", json=body, headers=own, timeout=30).status_code == 200
+    # the stack itself still reads it: ready, scraped by the autoscaler, and by Prometheus with the scrape key
+    assert stack.replicas("chat", role="active", ready=True)
+    prom = f"http://127.0.0.1:{stack.prom_port}"
+
+    def scraped() -> bool:
+        res = httpx.get(f"{prom}/api/v1/query", params={"query": f'up{{replica="{rep["id"]}"}}'},
+                        timeout=5).json()["data"]["result"]
+        return bool(res) and res[0]["value"][1] == "1"
+
+    wait_for(scraped, 30, "Prometheus scraping the replica with the scrape key", interval=1)

@@ -83,6 +83,39 @@ def test_sigkilled_replica_leaves_upstream_and_is_replaced(local_stack):
         assert r.status_code == 200
 
 
+def test_requests_in_flight_on_a_killed_replica_are_answered_by_another(local_stack):
+    """A request that got no response byte is retried on another replica (proxy_next_upstream with
+    non_idempotent): SIGKILL one of two replicas while each holds requests, and every client gets its 200,
+    from the survivor; the edge metrics count the retries."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stack = local_stack({"pools": [sim_pool(min_replicas=2, warm_pool={"min": 0, "max": 0},
+                                            sim={"profile": "tiny", "load_time_s": 1.0, "max_num_seqs": 8,
+                                                 "step_base_s": 0.05, "step_per_seq_s": 0.0})]}, active=2)
+    wait_for(lambda: stack.gateway_serves() and len(stack.replicas(role="active", ready=True)) == 2, 30,
+             "both replicas routed")
+    victim, survivor = stack.replicas(role="active")
+
+    def ask(_: int) -> httpx.Response:  # ~2 s of decoding, not streamed: no byte reaches the client before
+        return httpx.post(f"{stack.url}/v1/completions", json={"model": "tiny-chat", "prompt": "x",
+                                                               "max_tokens": 40}, timeout=60)
+
+    with ThreadPoolExecutor(8) as ex:
+        futures = [ex.submit(ask, i) for i in range(8)]
+        time.sleep(0.8)  # all sent, each decoding on one of the two (least_conn: about four each)
+        os.kill(stack.replica_pid(victim["id"]), signal.SIGKILL)
+        answers = [f.result() for f in futures]
+    assert [r.status_code for r in answers] == [200] * 8, [r.text[:200] for r in answers if r.status_code != 200]
+    assert {r.headers["x-gpufleet-replica"] for r in answers} == {survivor["id"]}, "only the survivor answered"
+
+    def retries() -> float:
+        text = stack.admin_get("/metrics").text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith('gpufleet_edge_retries_total{pool="chat"}'))
+
+    wait_for(lambda: retries() >= 1, 10, "the retries counted at the edge")
+
+
 def test_broken_template_or_rejected_config_never_interrupts_serving(local_stack, tmp_path):
     tpl = tmp_path / "upstreams.conf.j2"
     tpl.write_text(packaged_template("upstreams.conf.j2"))

@@ -28,6 +28,7 @@ def test_promtool_accepts_rules_and_compose_config(tmp_path: Path):
     shutil.copy(ROOT / "prometheus" / "rules.yml", tmp_path / "rules.yml")
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "admin-token").write_text("t\n")
+    (tmp_path / "secrets" / "scrape-key").write_text("k\n")
     r = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 

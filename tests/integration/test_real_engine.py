@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 
 from autoscaler.scaletest.loadgen import Result, constant_rate, run_open_loop
@@ -49,6 +50,18 @@ def test_llama_cpp_pool_serves_scales_on_a_burst_and_drains_without_a_failure(lo
     r = c.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
     assert r.model == "tiny-llama" and r.usage.completion_tokens == 5
     assert (r.system_fingerprint or "").startswith("b"), r  # llama-server's build number, e.g. "b1-0c1e570"
+    # ...and llama.cpp itself demands the pool's key (LLAMA_API_KEY, never in argv): keyless, its own 401 on
+    # completions and on /metrics; Prometheus' scrape key is the second key of its list
+    (rep,) = stack.replicas(role="active", ready=True)
+    assert b"--api-key" not in b" ".join(cmdline)
+    chat = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert httpx.post(f"{rep['url']}/v1/chat/completions", json=chat, timeout=30).status_code == 401
+    assert httpx.get(f"{rep['url']}/metrics", timeout=10).status_code == 401
+    scrape = (stack.run_dir / "scrape-key").read_text().strip()
+    assert httpx.get(f"{rep['url']}/metrics", headers={"Authorization": f"Bearer {scrape}"},
+                     timeout=10).status_code == 200
+    assert httpx.post(f"{rep['url']}/v1/chat/completions", json=chat, headers=stack.replica_headers(),
+                      timeout=30).status_code == 200
     # what it does not export is said, not shown as a measured 0
     pool = stack.status()["pools"]["chat"]
     assert pool["engine"]["name"] == "llamacpp"

@@ -144,7 +144,8 @@ def test_from_zero_a_sleeping_warm_replica_answers_after_its_wake_time_not_a_col
     stack = local_stack({"pools": [pool]}, active=0)
     (sleeper,) = wait_for(lambda: [r for r in stack.replicas("chat", role="warm") if r["sleeping"]] or None, 30,
                           "the warm replica asleep")
-    assert httpx.get(f"{sleeper['url']}/is_sleeping").json() == {"is_sleeping": True}
+    assert httpx.get(f"{sleeper['url']}/is_sleeping", headers=stack.replica_headers()).json() == \
+        {"is_sleeping": True}
     assert not stack.replicas("chat", role="active")
     dt = first_token_s(stack.url)
     assert 0.9 < dt < 4.0, f"first token after {dt:.2f}s: the wake time (1 s), not a cold start (6 s)"

@@ -120,3 +120,19 @@ def test_datagrams_arrive_over_a_unix_socket_that_another_user_may_write(tmp_pat
 
     asyncio.run(go())
     assert {k: n for k, n in stats.requests.items() if n} == {("code", "coder", "200"): 1}
+
+
+@pytest.mark.parametrize(("up", "retries"), [
+    ("127.0.0.1:5001", 0), ("127.0.0.1:5001, 127.0.0.1:5002", 1), ("10.0.0.2:8000, 10.0.0.3:8000, 10.0.0.4:8000", 2),
+    # an internal redirect: the groups before " : " went elsewhere (the activator), not to replicas
+    ("127.0.0.1:8182 : 127.0.0.1:5001, 127.0.0.1:5002", 1), ("", 0), ("-", 0),
+])
+def test_a_request_nginx_sent_to_another_replica_counts_as_retried(up: str, retries: int):
+    body = json.dumps({"status": "200", "rt": "0.5", "uri": "/_pool/chat/v1/completions", "route": "pool=chat",
+                       "model": "tiny-chat", "key": "", "up": up})
+    stats = EdgeStats(POOLS, MODELS)
+    stats.add_line(f"<190>gpufleet: {body}")
+    assert parse_line(f"<190>gpufleet: {body}", POOLS, MODELS).retries == retries
+    text = "".join(f"{s.name} {s.labels} {s.value}\n" for m in stats.metrics() for s in m.samples)
+    assert f"gpufleet_edge_retries_total {{'pool': 'chat'}} {retries}\n" in text
+    assert "gpufleet_edge_retries_total {'pool': 'code'} 0\n" in text  # every pool from 0
