@@ -91,6 +91,22 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gpufleet")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from autoscaler.schema import schema_text
+
+    sys.stdout.write(schema_text())
+    return 0
+
+
 def _validate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     print(f"{args.config or 'built-in default'}: OK, pools: "
@@ -379,6 +395,7 @@ def _gpu_check(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gpufleet", description="Elastic LLM serving on one GPU host.")
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--version", action="version", version=f"gpufleet {_version()}")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     up = sub.add_parser("up", help="start the stack in the foreground")
@@ -406,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a fleet.yaml and exit")
     val.add_argument("config", type=Path, nargs="?", default=None)
     val.set_defaults(func=_validate)
+    sc = sub.add_parser("schema", help="fleet.yaml's JSON Schema, for editors (`gpufleet schema > fleet.schema.json`)")
+    sc.set_defaults(func=_schema)
     gp = sub.add_parser("gpus", help="GPU topology, NUMA affinity and holders; --place K for a what-if")
     gp.add_argument("--topology", type=Path, help="a file with the output of `nvidia-smi topo -m`")
     gp.add_argument("--admin", default="http://127.0.0.1:8181", help="the live autoscaler's admin API")
