@@ -65,3 +65,13 @@ def test_version_is_the_installed_distributions(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"gpufleet {version('gpufleet')}"
+
+
+def test_the_distribution_says_its_licence_and_the_repository_has_its_text():
+    from importlib.metadata import metadata
+
+    meta = metadata("gpufleet")
+    assert meta["License"] == "Apache-2.0"
+    assert "License :: OSI Approved :: Apache Software License" in meta.get_all("Classifier")
+    text = (ROOT / "LICENSE").read_text()
+    assert text.lstrip().startswith("Apache License") and "Version 2.0, January 2004" in text
