@@ -331,3 +331,23 @@ class Clients:
 
     def since(self, t: float) -> list[Answer]:
         return [a for a in self.answers if a.at >= t]
+
+
+def prometheus_diagnosis(stack: LocalStack) -> str:
+    """For a failure's message: what Prometheus knows of the replicas' targets (health, last error, labels),
+    what the autoscaler last wrote for it, and the errors in its log."""
+    prom = stack.run_dir / "prometheus"
+    out = []
+    try:
+        active = httpx.get(f"http://127.0.0.1:{stack.prom_port}/api/v1/targets", timeout=5).json()["data"]
+        out += [f"target {t['labels']} health={t['health']} lastError={t['lastError']!r} "
+                f"lastScrape={t['lastScrape']}" for t in active["activeTargets"]]
+    except (httpx.HTTPError, ValueError, KeyError) as e:
+        out.append(f"targets API: {e!r}")
+    for name in ("targets.json", "prometheus.log"):
+        f = prom / name
+        text = f.read_text(errors="replace") if f.exists() else "(missing)"
+        if name.endswith(".log"):
+            text = "\n".join(line for line in text.splitlines() if "level=error" in line or "level=warn" in line)
+        out.append(f"--- {name}:\n{text[-4000:]}")
+    return "\n".join(out)

@@ -49,7 +49,7 @@ def test_llama_cpp_pool_becomes_ready_scales_on_a_burst_and_drains_with_no_failu
              and not [x for x in _llama(stack) if x["role"] == "draining"], 90, "the llama pool back to one")
     ups, acts = check_burst(results, rec, t0, "llama")
     print(f"\nFIGURES docker llama.cpp: {len(results)} requests, 0 failed; scale-up "
-          f"{ups[0]['t'] - t0 - BASE:.2f}s into the burst; activation {acts[0]['t'] - ups[0]['t']:.3f}s after")
+          f"{ups[0]['t'] - t0 - BASE:+.2f}s from the burst's start; activation {acts[0]['t'] - ups[0]['t']:.3f}s after")
 
 
 # Run in a container on the stack's docker-api network, where the autoscaler talks to the proxy: the 8xH100

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from autoscaler.gateway.access import hash_key
-from tests.helpers import ROOT, sim_pool, wait_for
+from tests.helpers import ROOT, prometheus_diagnosis, sim_pool, wait_for
 
 ALICE, FLOOD, NARROW, SLOW = ("gf-alice-" + "a" * 24, "gf-flood-" + "f" * 24, "gf-narrow-" + "n" * 24,
                               "gf-slow-" + "s" * 24)
@@ -273,6 +273,9 @@ def test_a_replica_answers_its_own_stack_only(keyed_stack):
     def scraped() -> bool:
         res = httpx.get(f"{prom}/api/v1/query", params={"query": f'up{{replica="{rep["id"]}"}}'},
                         timeout=5).json()["data"]["result"]
-        return bool(res) and res[0]["value"][1] == "1"
+        return any(r["value"][1] == "1" for r in res)  # a role change is a new series beside the old one
 
-    wait_for(scraped, 30, "Prometheus scraping the replica with the scrape key", interval=1)
+    try:
+        wait_for(scraped, 60, "Prometheus scraping the replica with the scrape key", interval=1)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{prometheus_diagnosis(stack)}") from None

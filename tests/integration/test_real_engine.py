@@ -73,7 +73,7 @@ def test_llama_cpp_pool_serves_scales_on_a_burst_and_drains_without_a_failure(lo
              and stack.replicas(role="warm", ready=True), 60, "back to one active and a ready warm replica")
     ups, acts = check_burst(results, rec, t0, "chat")
     print(f"\nFIGURES llama.cpp: {len(results)} requests, 0 failed; scale-up decided "
-          f"{ups[0]['t'] - t0 - BASE:.2f}s into the burst; warm activation {acts[0]['t'] - ups[0]['t']:.3f}s "
+          f"{ups[0]['t'] - t0 - BASE:+.2f}s from the burst's start; warm activation {acts[0]['t'] - ups[0]['t']:.3f}s "
           f"after it; cold start to ready {[e['load_s'] for e in ready]} s")
 
 
@@ -94,6 +94,20 @@ def run_burst(stack: Any, url: str, api_key: str | None, capacity: float) -> tup
     return t0, results, rec
 
 
+def timeline(rec: Any, t0: float, pool: str) -> str:
+    """What the autoscaler saw and decided, for a failure's message: its decisions, then its signals each second."""
+    lines = [f"decision {e['t'] - t0:+.2f}s desired={e['desired_active']} {e['reason']}"
+             for e in rec.of("decision") if e["pool"] == pool]
+    last = -1.0
+    for t, st in rec.snapshots:
+        p = st["pools"].get(pool) or {}
+        if t - last >= 1.0:
+            last = t
+            lines.append(f"{t - t0:+.1f}s desired={p.get('desired_active')} signals={p.get('signals')} "
+                         f"roles={[r['role'] for r in p.get('replicas', [])]}")
+    return "\n".join(lines)
+
+
 def check_burst(results: list[Result], rec: Any, t0: float, pool: str) -> tuple[list[dict], list[dict]]:
     """Every request served with no client retry; the burst scaled the pool 1 -> 2 by activating its warm
     replica, which served; the scale-down drained, never stopped a serving replica."""
@@ -104,8 +118,10 @@ def check_burst(results: list[Result], rec: Any, t0: float, pool: str) -> tuple[
     assert not failed, f"{len(failed)} of {len(results)} failed: {[x.error for x in failed[:5]]}"
     retried = [x for x in results if x.retries]
     assert not retried, f"{len(retried)} requests needed a client retry: a dropped request, not a served one"
-    ups = [e for e in rec.of("decision") if e["pool"] == pool and e["t"] >= t0 + BASE and e["desired_active"] >= 2]
-    assert ups, "no scale-up decision during the burst"
+    # from the load's start, not the burst's: where one replica serves less than this test's CAPACITY (a slower
+    # or busier host), the base alone already passes the target, and the decision comes before the burst
+    ups = [e for e in rec.of("decision") if e["pool"] == pool and e["t"] >= t0 and e["desired_active"] >= 2]
+    assert ups, f"no scale-up decision under the load\n{timeline(rec, t0, pool)}"
     acts = [e for e in rec.of("activate") if e["pool"] == pool and e["t"] >= ups[0]["t"]]
     assert acts, "the warm replica was not activated"
     assert any(x.replica == acts[0]["replica"] for x in results), "the activated replica served nothing"
