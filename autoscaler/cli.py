@@ -310,7 +310,11 @@ def _simulate(args: argparse.Namespace) -> int:
     arr = arrivals(sc, base)
     out.mkdir(parents=True, exist_ok=True)
     if args.compare:
-        res = compare(cfg, sc, arr, pool=args.pool)
+        def progress(line: str) -> None:
+            print(f"  {line}", file=sys.stderr, flush=True)
+
+        res = compare(cfg, sc, arr, pool=args.pool, phases=args.phases, workers=args.workers,
+                      only=args.systems.split(",") if args.systems else None, progress=progress)
         table = format_table(res)
         print(table)
         (out / "summary.txt").write_text(table + "\n")
@@ -467,7 +471,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fleet.yaml (default: $GPUFLEET_CONFIG, else the built-in one-pool fleet)")
     sm.add_argument("--pool", default=None, help="the pool the traffic goes to (default: the first)")
     sm.add_argument("--compare", action="store_true",
-                    help="also static peak, Kubernetes HPA, KEDA, Knative KPA, AIBrix APA and the clairvoyant bound")
+                    help="every system at the cheapest setting of its knob that meets the SLO on every phase: "
+                         "gpufleet as configured and tuned, oracle static, Kubernetes HPA, KEDA, Knative KPA, "
+                         "AIBrix APA; and the lower bound from the work alone")
+    sm.add_argument("--phases", type=int, default=5,
+                    help="with --compare: the arrivals at this many offsets (0, 6.2, 12.4 ... s); a setting meets "
+                         "the SLO only if it does on each (default 5)")
+    sm.add_argument("--workers", type=int, default=None, help="with --compare: processes (default: cores)")
+    sm.add_argument("--systems", default=None,
+                    help="with --compare: only these, comma-separated (gpufleet, gpufleet-tuned, oracle-static, "
+                         "hpa, keda, knative, aibrix)")
     sm.add_argument("--json", type=Path, default=None, help="write the summary (or the comparison) as JSON here")
     sm.add_argument("--out", type=Path, default=None, help="report folder (default reports/sim-<scenario>-<time>)")
     sm.add_argument("--duration", type=float, default=None, help="override the scenario's duration (s)")

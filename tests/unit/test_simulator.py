@@ -1,10 +1,11 @@
 """The simulator: its replica model against the sim engine's rules, the whole loop on the real
-reconcile, the baselines' documented rules, the clairvoyant bound, and the CLI."""
+reconcile, the baselines' documented rules, the lower bound, the comparison at equal SLO, and the CLI."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,10 @@ from autoscaler.loop.policy import PoolView
 from autoscaler.loop.signals import PoolSignals
 from autoscaler.scaletest.loadgen import Arrival, constant_rate
 from autoscaler.scaletest.scenario import Scenario
-from autoscaler.sim.baselines import aibrix_apa, hpa, keda, knative_kpa, static
-from autoscaler.sim.compare import clairvoyant_gpu_seconds, compare, slo_attainment
+from autoscaler.sim.baselines import _Apa, aibrix_apa, hpa, keda, knative_kpa, static
+from autoscaler.sim.compare import compare, lower_bound_gpu_seconds, public, slo_attainment
 from autoscaler.sim.replica import SimReplica, SimRequest
-from autoscaler.sim.run import simulate
+from autoscaler.sim.run import pool_profile, simulate
 from autoscaler.status import FleetStatus
 from inference.engines.profiles import SimProfile
 
@@ -147,23 +148,27 @@ def pool_of(b, **kw):
     return b.fleet(fleet(**kw)).pools[0]
 
 
-def test_hpa_decides_only_every_15_s_and_keeps_no_warm_replica():
+def test_hpa_decides_only_every_15_s_on_the_last_30_s_scrape_and_keeps_no_warm_replica():
     b = hpa()
     p = pool_of(b, max_replicas=8)
     st = b.initial_state(p, 1)
-    d = b.policy(p, [sig(0, 1, 4)], PoolView(active=1), st, 0.0)
+    hist = [sig(0, 1, 4)]
+    d = b.policy(p, hist, PoolView(active=1), st, 0.0)
     assert d.desired_active == 1
-    d = b.policy(p, [sig(1, 1, 16)], PoolView(active=1), d.state, 1.0)
+    hist += [sig(t, 1, 16) for t in range(1, 31)]
+    d = b.policy(p, hist[:2], PoolView(active=1), d.state, 1.0)
     assert d.desired_active == 1, "between syncs nothing changes"
-    d = b.policy(p, [sig(15, 1, 16)], PoolView(active=1), d.state, 15.0)
+    d = b.policy(p, hist[:16], PoolView(active=1), d.state, 15.0)
+    assert d.desired_active == 1, "at 15 s Prometheus still holds the scrape of 0 s"
+    d = b.policy(p, hist, PoolView(active=1), d.state, 30.0)
     assert (d.desired_active, d.desired_warm) == (4, 0)
 
 
-def test_keda_scales_on_waiting_requests_over_five():
+def test_keda_scales_on_the_sum_of_waiting_requests_over_five():
     b = keda()
     p = pool_of(b, max_replicas=8)
     d = b.policy(p, [sig(0, 2, 30, waiting=21)], PoolView(active=2), b.initial_state(p, 2), 0.0)
-    assert d.desired_active == 5  # ceil(21 / 5)
+    assert d.desired_active == 5  # ceil(21 / 5): the pool's total, not one pod's series
 
 
 def test_knative_panics_on_the_6_s_window_and_does_not_scale_down_in_panic():
@@ -180,15 +185,28 @@ def test_knative_panics_on_the_6_s_window_and_does_not_scale_down_in_panic():
     assert d.panic and d.desired_active == 5, "in panic the count never goes down"
 
 
-def test_aibrix_doubles_at_most_and_waits_300_s_to_scale_down():
+def test_aibrix_averages_180_s_of_10_s_resyncs_doubles_at_most_and_scales_down_to_the_lowest_of_300_s():
     b = aibrix_apa()
-    p = pool_of(b, max_replicas=8)
+    p = pool_of(b, max_replicas=8)  # target concurrency 4 per replica
     d = b.policy(p, [sig(0, 1, 40)], PoolView(active=1), b.initial_state(p, 1), 0.0)
     assert d.desired_active == 2, "at most ×2 per step"
-    d = b.policy(p, [sig(15, 2, 0.5)], PoolView(active=2), d.state, 15.0)
-    assert d.desired_active == 2, "scale-down cooldown"
-    d = b.policy(p, [sig(315, 2, 0.5)], PoolView(active=2), d.state, 315.0)
-    assert d.desired_active == 1
+    d = b.policy(p, [sig(5, 2, 80)], PoolView(active=2), d.state, 5.0)
+    assert d.desired_active == 2, "between resyncs nothing changes"
+    # the 180 s stable window: (40 + 6 / 2) / 2 = 21.5 per replica still reads as a load of 5 × the target
+    d = b.policy(p, [sig(10, 2, 6)], PoolView(active=2), d.state, 10.0)
+    assert d.desired_active == 4
+    assert len(d.state.values) == 2
+    # 180 s on, the 40 has left the window: 6 over 4 replicas is 1.5 per replica → down, ÷2 at most per step
+    d = b.policy(p, [sig(185, 4, 6)], PoolView(active=4), replace(d.state, desired=4), 185.0)
+    assert [v for _, v in d.state.values] == [3.0, 1.5] and d.desired_active == 2
+    d = b.policy(p, [sig(200, 4, 2)], PoolView(active=4), _Apa(desired=4), 200.0)
+    assert d.desired_active == 2, ("0.5 per replica asks for 1: ÷2 at most per step", d.reason)
+    # a scale-down takes the lowest recommendation of the last 300 s, not the latest: 3 now, 2 at 100 s ago
+    st = _Apa(desired=4, last_eval=500.0, values=((590.0, 2.5),), recs=((500.0, 2),))
+    d = b.policy(p, [sig(600, 4, 10)], PoolView(active=4), st, 600.0)
+    assert d.desired_active == 2 and st.recs[0][1] == 2
+    d = b.policy(p, [sig(600, 4, 10)], PoolView(active=4), replace(st, recs=((200.0, 2),)), 600.0)
+    assert d.desired_active == 3, "a recommendation older than 300 s no longer counts"
 
 
 def test_static_holds_its_count():
@@ -200,29 +218,58 @@ def test_static_holds_its_count():
 
 # ---- the comparison --------------------------------------------------------------------------
 
-def test_clairvoyant_bound_is_the_work_per_bin_plus_cold_starts():
+def test_the_lower_bound_is_the_work_at_the_largest_batch_and_never_below_min_replicas():
     p = fleet(min_replicas=1, max_replicas=8).pools[0]
-    # tiny profile with the overrides: 4 slots, 50 ms steps → 12.5 ms a token at best; prefill 0.02 ms a token
-    arr = [Arrival(at=float(t % 10) + 20.0, prompt_tokens=0, max_tokens=800) for t in range(60)]
-    gpu_s, detail = clairvoyant_gpu_seconds(arr, p, None, 40.0)
+    # 4 slots, 50 ms steps, no per-sequence cost → 12.5 ms a token at best; prefill 0.02 ms a token (tiny)
+    prefill = pool_profile(p).prefill_per_token_s
+    arr = [Arrival(at=20.0 + t % 10, prompt_tokens=100, max_tokens=800) for t in range(60)]
+    gpu_s, detail = lower_bound_gpu_seconds(arr, p, 40.0)
     assert detail["batch"] == 4
-    # 60 × 800 tokens × 12.5 ms = 600 replica-s, all arriving in the bin [20, 30): 60 replicas, capped at 8.
-    # Bins [0,10) .. [40,50): 1, 1, 8, 1, 1 replicas → 120 replica-s, plus 7 cold starts of 1 + 4 s.
-    assert detail["peak_replicas"] == 8
-    assert gpu_s == pytest.approx((1 + 1 + 8 + 1 + 1) * 10 + 7 * (1.0 + 4.0))
+    assert gpu_s == pytest.approx(60 * (800 * 0.0125 + 100 * prefill))
+    # a quiet trace: min_replicas for the whole run is the floor
+    assert lower_bound_gpu_seconds(arr[:1], p, 100.0)[0] == pytest.approx(100.0)
+    # × GPUs per replica
+    p2 = fleet(min_replicas=1, max_replicas=8, gpus_per_replica=2).pools[0]
+    assert lower_bound_gpu_seconds(arr, p2, 40.0)[0] == pytest.approx(2 * gpu_s)
 
 
-def test_compare_runs_every_autoscaler_on_the_same_arrivals():
-    sc = Scenario(name="t", duration_s=90, profile={"type": "step", "base_rps": 2, "peak_rps": 12, "at_s": 20},
-                  slo={"ttft_p95_s": 1.0, "e2e_p95_s": 5.0})
-    res = compare(fleet(), sc, BURST)
+SC = Scenario(name="t", duration_s=90, profile={"type": "step", "base_rps": 2, "peak_rps": 12, "at_s": 20},
+              slo={"ttft_p95_s": 1.0, "e2e_p95_s": 5.0})
+
+
+def test_compare_finds_each_systems_cheapest_setting_that_meets_the_slo_on_every_phase():
+    res = compare(fleet(max_replicas=6), SC, BURST, phases=2, workers=1)
     names = [r["name"] for r in res["runs"]]
-    assert names[0] == "gpufleet" and names[1].startswith("static-peak") and names[2:] == [
-        "hpa", "keda", "knative", "aibrix"]
-    assert all(r["requests"] == len(BURST) for r in res["runs"])
-    assert res["clairvoyant_gpu_seconds"] > 0
-    assert all(r["gpu_seconds"] >= res["clairvoyant_gpu_seconds"] for r in res["runs"])
-    assert all(0 <= r["slo_attainment"] <= 1 for r in res["runs"])
+    assert names == ["gpufleet", "gpufleet-tuned", "oracle-static", "hpa", "keda", "knative", "aibrix"]
+    assert res["phases_s"] == [0.0, 6.2]
+    bound = res["lower_bound_gpu_seconds"]
+    for r in res["runs"]:
+        assert r["requests"] == len(BURST) and r["seeds"] == 2
+        assert r["gpu_seconds_min"] <= r["gpu_seconds"] <= r["gpu_seconds_max"]
+        assert r["gpu_seconds_min"] >= bound, (r["name"], r["gpu_seconds_min"], bound)
+        if r["slo_met"]:
+            # the chosen setting is the cheapest of those tried that met it, and it met it on each phase
+            met = [t for t in r["tried"] if t["slo_met"]]
+            assert round(r["gpu_seconds"], 1) == min(t["gpu_seconds"] for t in met)
+            assert r["slo_attainment_min"] > 0
+        else:
+            assert "cannot meet the SLO" in r["title"] and not any(t["slo_met"] for t in r["tried"])
+    static_ = res["runs"][2]
+    # the static count found is the fewest that met it: one fewer (if tried) missed
+    n = int(static_["setting"].split()[0])
+    fewer = [t for t in static_["tried"] if t["setting"] == f"{n - 1} replicas"]
+    assert static_["slo_met"] and all(not t["slo_met"] for t in fewer)
+    # tuned gpufleet is searched over its targets; as configured is the one setting
+    assert len(res["runs"][0]["tried"]) == 1 and len(res["runs"][1]["tried"]) >= 3
+    tuned, configured = res["runs"][1], res["runs"][0]
+    assert not configured["slo_met"] or tuned["gpu_seconds"] <= configured["gpu_seconds"] + 1e-6
+
+
+def test_compare_in_worker_processes_gives_the_same_figures_as_in_process():
+    one = compare(fleet(), SC, BURST, phases=2, workers=1, only=["hpa", "oracle-static"])
+    two = compare(fleet(), SC, BURST, phases=2, workers=2, only=["hpa", "oracle-static"])
+    strip = [{k: v for k, v in r.items() if k not in ("sim_wall_s",)} for r in public(one)["runs"]]
+    assert strip == [{k: v for k, v in r.items() if k not in ("sim_wall_s",)} for r in public(two)["runs"]]
 
 
 def test_slo_attainment_counts_failures_and_slow_requests_as_misses():
@@ -242,15 +289,17 @@ def test_cli_simulate_compare_writes_the_table_json_and_plot(tmp_path: Path, cap
         "sim": {"profile": "tiny"}, "targets": {"concurrency": 6}}]}))
     out = tmp_path / "rep"
     rc = main(["simulate", "smoke", "--config", str(cfg), "--compare", "--json", str(tmp_path / "c.json"),
-               "--out", str(out)])
+               "--out", str(out), "--phases", "2", "--systems", "gpufleet,oracle-static,keda"])
     assert rc == 0
     doc = json.loads((tmp_path / "c.json").read_text())
-    assert set(doc) >= {"runs", "clairvoyant_gpu_seconds", "trace", "wall_s"}
-    assert set(doc["runs"][0]) >= {"name", "slo_attainment", "failed", "ttft_p95_s", "e2e_p95_s", "gpu_seconds",
-                                   "gpu_seconds_by_role", "vs_clairvoyant"}
+    assert set(doc) >= {"runs", "lower_bound_gpu_seconds", "trace", "wall_s", "phases_s"}
+    assert [r["name"] for r in doc["runs"]] == ["gpufleet", "oracle-static", "keda"]
+    assert set(doc["runs"][0]) >= {"name", "setting", "slo_met", "slo_attainment", "gpu_seconds", "gpu_seconds_min",
+                                   "gpu_seconds_max", "seeds", "tried", "vs_lower_bound"}
     assert (out / "compare.png").stat().st_size > 1000
     assert (out / "comparison.md").read_text().count("\n| ") == len(doc["runs"]) + 2  # separator, runs, bound
-    assert "clairvoyant" in capsys.readouterr().out
+    cap = capsys.readouterr()
+    assert "lower bound" in cap.out and "oracle-static" in cap.err  # the search's progress
 
 
 def test_cli_simulate_writes_a_scale_test_shaped_report(tmp_path: Path):
