@@ -31,6 +31,24 @@ from autoscaler.runtime.base import ROLES
 _go_float: Callable[[float], str] = _untyped_go_float
 
 
+# `/metrics` names of a pool's latest signals: each its own metric, so each has one unit
+POOL_SIGNALS = {
+    "running": ("gpufleet_pool_running_requests", "Requests being generated on the pool's ready replicas"),
+    "waiting": ("gpufleet_pool_waiting_requests", "Requests queued in the pool's ready replicas' engines"),
+    "kv_cache_usage": ("gpufleet_pool_kv_cache_usage_ratio", "KV-cache usage, mean over the ready replicas (0-1)"),
+    "ttft_p95_s": ("gpufleet_pool_ttft_p95_seconds", "TTFT p95 over the pool's metric window"),
+    "request_rate": ("gpufleet_pool_finished_requests_per_second", "Requests finished per second, whole pool"),
+    "ready": ("gpufleet_pool_ready_replicas", "Routed replicas that are ready"),
+}
+# the policy's signals (fleet.yaml `targets:`), as metric name stems with their unit
+POLICY_SIGNALS = {
+    "queue_depth": ("waiting_requests", "Waiting requests"),
+    "concurrency": ("concurrent_requests", "Concurrent requests (running + waiting)"),
+    "kv_cache_usage": ("kv_cache_usage_ratio", "KV-cache usage (0-1)"),
+    "ttft_p95_s": ("ttft_p95_seconds", "TTFT p95"),
+    "request_rate": ("finished_requests_per_second", "Requests finished per second"),
+}
+
 class FleetCollector(Collector):
     def __init__(self, c: Controller) -> None:
         self.c = c
@@ -42,7 +60,9 @@ class FleetCollector(Collector):
         replicas = GaugeMetricFamily("gpufleet_replicas", "Replicas by pool and role",
                                      labels=["pool", "role"])
         panic = GaugeMetricFamily("gpufleet_panic", "1 while the pool is in panic mode", labels=["pool"])
-        sig = GaugeMetricFamily("gpufleet_signal", "Latest pool signal", labels=["pool", "signal"])
+        # the pool's latest signals, one metric (one unit) each
+        sig = {name: GaugeMetricFamily(metric, help_, labels=["pool"])
+               for name, (metric, help_) in POOL_SIGNALS.items()}
         for p in c.cfg.pools:
             st = c.states[p.name]
             if st.decision:
@@ -60,8 +80,8 @@ class FleetCollector(Collector):
                                   ("kv_cache_usage", s.kv_usage), ("ttft_p95_s", s.ttft_p95_s),
                                   ("request_rate", s.request_rate), ("ready", s.ready)):
                     if val is not None and name not in missing:
-                        sig.add_metric([p.name, name], float(val))
-        yield from (desired, replicas, panic, sig)
+                        sig[name].add_metric([p.name], float(val))
+        yield from (desired, replicas, panic, *sig.values())
         yield from self._decisions()
         yield from self._gpus()
         g = c.gateway.stats
@@ -126,24 +146,26 @@ class FleetCollector(Collector):
 
     def _decisions(self) -> Iterator[Metric]:
         c = self.c
-        per = GaugeMetricFamily("gpufleet_signal_per_replica", "Each configured signal, per ready replica, as the "
-                                "policy last saw it (over its metric window)", labels=["pool", "signal"])
-        target = GaugeMetricFamily("gpufleet_signal_target", "The pool's target for each signal, per replica",
-                                   labels=["pool", "signal"])
-        slo = GaugeMetricFamily("gpufleet_pool_slo_ttft_bucket", "1 for the TTFT histogram bucket (le) that is "
-                                "the pool's SLO: multiply a bucket rate by it to read attainment",
-                                labels=["pool", "le"])
+        # per signal, one metric (one unit): what the policy last saw per ready replica, and the pool's target
+        per = {n: GaugeMetricFamily(f"gpufleet_policy_{base}", f"{what}, per ready replica, as the policy last saw "
+                                    "it (over its metric window)", labels=["pool"])
+               for n, (base, what) in POLICY_SIGNALS.items()}
+        target = {n: GaugeMetricFamily(f"gpufleet_policy_{base}_target", f"The pool's target for {what.lower()}, "
+                                       "per replica", labels=["pool"]) for n, (base, what) in POLICY_SIGNALS.items()}
+        slo = GaugeMetricFamily("gpufleet_pool_slo_ttft_bound_info", "1, labelled with the TTFT histogram bound "
+                                "(`bound`, as the engine spells `le`) that is the pool's SLO: join a bucket rate on "
+                                "it to read attainment", labels=["pool", "bound"])
         slo_s = GaugeMetricFamily("gpufleet_pool_slo_ttft_seconds", "The pool's TTFT SLO (slo.ttft_s)", labels=["pool"])
         objective = GaugeMetricFamily("gpufleet_pool_slo_objective", "Share of requests the pool promises within "
                                       "its TTFT SLO", labels=["pool"])
         for p in c.cfg.pools:
             d = c.states[p.name].decision
             for name, value, tgt in d.signals if d else ():
-                per.add_metric([p.name, name], value)
-                target.add_metric([p.name, name], tgt)
+                per[name].add_metric([p.name], value)
+                target[name].add_metric([p.name], tgt)
             for name, tgt in p.targets.model_dump(exclude_none=True).items():
                 if not d or not any(n == name for n, _, _ in d.signals):
-                    target.add_metric([p.name, name], float(tgt))
+                    target[name].add_metric([p.name], float(tgt))
             # prometheus_client's (and vLLM's) spelling of the bound, so the label matches the bucket's
             slo.add_metric([p.name, _go_float(p.slo.ttft_s)], 1.0)
             slo_s.add_metric([p.name], p.slo.ttft_s)
@@ -156,7 +178,7 @@ class FleetCollector(Collector):
                    for drv in (*p.targets.model_dump(exclude_none=True), "panic", "held_requests", "none")}
         for (pool, direction, driver), n in sorted((drivers | dict(c.recorder.decisions)).items()):
             decisions.add_metric([pool, direction, driver], n)
-        yield from (per, target, slo, slo_s, objective, decisions)
+        yield from (*per.values(), *target.values(), slo, slo_s, objective, decisions)
 
     def _gpus(self) -> Iterator[Metric]:
         c = self.c

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoscaler.config import ConfigError, FleetConfig, load_config
+from autoscaler.logs import FORMATS, setup_logging
 
 if TYPE_CHECKING:  # imported where used: the CLI starts without them
     from autoscaler.scaletest.scenario import Scenario
@@ -396,10 +396,45 @@ def _gpu_check(args: argparse.Namespace) -> int:
                  timeout_s=args.timeout)
 
 
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    import httpx
+
+    from autoscaler.scaletest.loadgen import bearer
+    from autoscaler.status import FleetStatus
+    from autoscaler.status_cli import format_status, problems
+
+    headers = bearer(args.token or _secret_default("GPUFLEET_ADMIN_TOKEN", ADMIN_TOKEN_FILE, DOCKER_ADMIN_TOKEN_FILE))
+    try:
+        r = httpx.get(args.admin.rstrip("/") + "/status", headers=headers, timeout=10)
+    except httpx.HTTPError as e:
+        print(f"gpufleet status: no live fleet at {args.admin} ({e}); start one with `gpufleet up --local`, or "
+              "pass --admin URL", file=sys.stderr)
+        return 1
+    if r.status_code in (401, 403):
+        print(f"gpufleet status: {args.admin} refused the admin token ({r.status_code}); pass --token, set "
+              "$GPUFLEET_ADMIN_TOKEN, or run where run/admin-token is", file=sys.stderr)
+        return 1
+    if r.status_code != 200:
+        print(f"gpufleet status: {args.admin}/status answered {r.status_code}: {r.text[:200]}", file=sys.stderr)
+        return 1
+    st = FleetStatus.model_validate(r.json())
+    now = time.time()
+    if args.json:
+        print(json.dumps(r.json(), indent=1))
+    else:
+        print(format_status(st, now, events=args.events))
+    return 4 if problems(st, now) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gpufleet", description="Elastic LLM serving on one GPU host.")
     ap.add_argument("-v", "--verbose", action="store_true")
     ap.add_argument("--version", action="version", version=f"gpufleet {_version()}")
+    ap.add_argument("--log-format", choices=FORMATS, default=os.environ.get("GPUFLEET_LOG_FORMAT") or "text",
+                    help="text (default), or json: one object a line (time, level, logger, msg, a controller "
+                         "event's fields under `event`) for log pipelines; also $GPUFLEET_LOG_FORMAT")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     up = sub.add_parser("up", help="start the stack in the foreground")
@@ -429,6 +464,14 @@ def build_parser() -> argparse.ArgumentParser:
     val.set_defaults(func=_validate)
     sc = sub.add_parser("schema", help="fleet.yaml's JSON Schema, for editors (`gpufleet schema > fleet.schema.json`)")
     sc.set_defaults(func=_schema)
+    ss = sub.add_parser("status", help="the live fleet: pools, replicas by role, decisions, last events; exit 4 "
+                                       "when it is not healthy")
+    ss.add_argument("--json", action="store_true", help="the admin API's /status document as is")
+    ss.add_argument("--events", type=int, default=10, help="how many of the last events to show (default 10)")
+    ss.add_argument("--admin", default="http://127.0.0.1:8181", help="the live autoscaler's admin API")
+    ss.add_argument("--token", default=None, help="admin token (default: $GPUFLEET_ADMIN_TOKEN, else "
+                    "run/admin-token, which the local stack makes)")
+    ss.set_defaults(func=_status)
     gp = sub.add_parser("gpus", help="GPU topology, NUMA affinity and holders; --place K for a what-if")
     gp.add_argument("--topology", type=Path, help="a file with the output of `nvidia-smi topo -m`")
     gp.add_argument("--admin", default="http://127.0.0.1:8181", help="the live autoscaler's admin API")
@@ -506,9 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    setup_logging(args.log_format, args.verbose)
     try:
         return int(args.func(args))
     except ConfigError as e:

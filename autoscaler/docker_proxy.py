@@ -364,7 +364,7 @@ async def serve(host: str = "0.0.0.0", port: int = 2375, sock: str = SOCKET) -> 
     log.info("docker-proxy for project %s: images %s, volumes %s, up to %d GPUs a replica", project,
              sorted(policy.images), sorted(policy.volumes), policy.max_gpus)
     server = uvicorn.Server(uvicorn.Config(DockerProxy(policy, engine), host=host, port=port, log_level="warning",
-                                           access_log=False, h11_max_incomplete_event_size=16 * 1024,
+                                           access_log=False, log_config=None, h11_max_incomplete_event_size=16 * 1024,
                                            limit_concurrency=64, timeout_keep_alive=30))
     try:
         await server.serve()

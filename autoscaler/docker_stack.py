@@ -216,11 +216,12 @@ async def run_docker(cfg: FleetConfig) -> None:
     # the gateway's nginx sends its access log to a socket in the conf volume both mount
     edge_rx = await listen_edge_unix(edge, NGINX_DIR / EDGE_SOCKET_NAME) if edge else None
     admin = AdminServer(uvicorn.Config(create_admin_app(controller, token, edge), host=cfg.admin.host,
-                                        port=cfg.admin.port, log_level="warning", access_log=False))
+                                        port=cfg.admin.port, log_level="warning", access_log=False, log_config=None))
     admin_task = asyncio.create_task(admin.serve())
     # on the compose network only (not published): the gateway reaches it as autoscaler:8182
     act_server = AdminServer(uvicorn.Config(create_activator_app(activator), host="0.0.0.0", port=8182,
-                                            log_level="warning", access_log=False)) if activator else None
+                                            log_level="warning", access_log=False,
+                                            log_config=None)) if activator else None
     act_task = asyncio.create_task(act_server.serve()) if act_server else None
     try:
         await controller.run(stop)

@@ -175,11 +175,12 @@ async def run_local(cfg: FleetConfig, run_dir: Path, stop: asyncio.Event | None 
                             TargetsWriter(run_dir / "prometheus" / "targets.json"), activator=activator,
                             keys=replica_keys)
     act_server = AdminServer(uvicorn.Config(create_activator_app(activator), host=act.host, port=act.port,
-                                            log_level="warning", access_log=False)) if activator else None
+                                            log_level="warning", access_log=False,
+                                            log_config=None)) if activator else None
     edge = EdgeStats(tuple(p.name for p in cfg.pools), cfg.model_names) if edge_port else None
     admin = AdminServer(uvicorn.Config(create_admin_app(controller, token, edge),
                                         host=cfg.admin.host, port=cfg.admin.port,
-                                        log_level="warning", access_log=False))
+                                        log_level="warning", access_log=False, log_config=None))
     edge_rx: asyncio.DatagramTransport | None = None
     try:
         # the activator first: the moment nginx listens, a request for a pool with no replica is held

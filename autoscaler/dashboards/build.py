@@ -146,9 +146,10 @@ def fleet() -> dict[str, Any]:
 def pool() -> dict[str, Any]:
     return _dashboard("gpufleet-pool", "gpufleet — pool", "One pool (or several): the signals the autoscaler "
                       "read against their targets, what it decided and why, latency against the SLO.", [
+        # one metric per signal (each its unit): gpufleet_policy_<signal> and gpufleet_policy_<signal>_target
         ts("Signals per replica vs targets", "short",
-           q(f"gpufleet_signal_per_replica{{{POOL}}}", "{{pool}} {{signal}}"),
-           q(f"gpufleet_signal_target{{{POOL}}}", "{{pool}} {{signal}} target")),
+           q(f'{{__name__=~"gpufleet_policy_.+",__name__!~".+_target",{POOL}}}', "{{pool}} {{__name__}}"),
+           q(f'{{__name__=~"gpufleet_policy_.+_target",{POOL}}}', "{{pool}} {{__name__}}")),
         ts("Scale decisions (per minute, by driver)", "short",
            q(f"sum by (pool, direction, driver) (increase(gpufleet_scale_decisions_total{{{POOL}}}[1m]))",
              "{{pool}} {{direction}} ({{driver}})"),

@@ -82,4 +82,5 @@ def serve(host: str = "0.0.0.0", port: int = PORT) -> None:
 
     from autoscaler.gpus.nvml import load_pynvml
 
-    uvicorn.run(create_agent_app(load_pynvml()), host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(create_agent_app(load_pynvml()), host=host, port=port, log_level="warning", access_log=False,
+                log_config=None)

@@ -65,7 +65,7 @@ class Recorder:
         self.events.append(e)
         self.event_counts[(kind, pool or "")] += 1
         if self.log is not None:
-            self.log.info("%s %s %s", kind, pool or "", detail)
+            self.log.info("%s %s %s", kind, pool or "", detail, extra={"gf_event": e})
         return e
 
     def record(self, events: Iterable[Event]) -> None:

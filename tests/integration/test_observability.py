@@ -83,3 +83,14 @@ def test_every_panel_and_annotation_has_the_runs_data_and_the_pngs_render(local_
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["cost.png", "fleet.png", "gpus.png", "pool.png"]
     assert all(p.stat().st_size > 20_000 for p in out.iterdir()), "a drawn dashboard, not an empty canvas"
+
+    # the autoscaler's own /metrics after the run (every family present) is clean by Prometheus' naming rules:
+    # no reserved suffix on a gauge, no `le` outside a histogram, a unit in each name. DCGM_FI_* keep DCGM
+    # exporter's own names and labels (`modelName`, `UUID`) on purpose, so DCGM's dashboards read them as is
+    text = stack.admin_get("/metrics").text
+    assert "gpufleet_pool_running_requests" in text and "gpufleet_policy_concurrent_requests_target" in text
+    lint = subprocess.run([shutil.which("promtool") or "promtool", "check", "metrics"], input=text,
+                          capture_output=True, text=True, timeout=30)
+    found = [line for line in (lint.stdout + lint.stderr).splitlines() if line.strip()]
+    # (DCGM's camelCase labels are reported: the linter ran on this text)
+    assert found and all(line.startswith("DCGM_FI_") for line in found), "\n".join(found)

@@ -142,7 +142,7 @@ def test_cost_decision_gpu_and_slo_metrics(tmp_path):
     assert holders[(("UUID", gpus[3]), ("gpu", "3"), ("pool", ""), ("replica", ""), ("role", "free"))]
     ups = metric(text, "gpufleet_scale_decisions_total")
     assert ups[(("direction", "up"), ("driver", "panic"), ("pool", "chat"))] == 0
-    assert metric(text, "gpufleet_pool_slo_ttft_bucket") == {(("le", "2.5"), ("pool", "chat")): 1.0}
+    assert metric(text, "gpufleet_pool_slo_ttft_bound_info") == {(("bound", "2.5"), ("pool", "chat")): 1.0}
     assert metric(text, "gpufleet_events_total")[(("kind", "reclaim"), ("pool", "chat"))] == 0
 
 
