@@ -286,6 +286,20 @@ def _trace_scenario(path: Path, cfg: FleetConfig, args: argparse.Namespace) -> t
     return sc, path.resolve().parent
 
 
+def _can_plot(cmd: str, no_plot: bool) -> bool:
+    """Draw the PNGs unless asked not to; without matplotlib (a wheel installed without the `report` extra), say
+    so and write the rest of the report."""
+    import importlib.util
+
+    if no_plot:
+        return False
+    if importlib.util.find_spec("matplotlib") is None:
+        print(f"gpufleet {cmd}: no PNG: matplotlib is not installed (pip install 'gpufleet[report]'); the report "
+              "is written without it", file=sys.stderr)
+        return False
+    return True
+
+
 def _simulate(args: argparse.Namespace) -> int:
     import json
 
@@ -305,6 +319,7 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.pool is not None and args.pool not in {p.name for p in cfg.pools}:
         raise ConfigError(f"--pool {args.pool!r}: no such pool (pools: {', '.join(p.name for p in cfg.pools)})")
     out = args.out or Path("reports") / f"sim-{sc.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    args.plot = _can_plot("simulate", args.no_plot)
     if sc.streams:
         return _simulate_streams(cfg, sc, base, out, args)
     arr = arrivals(sc, base)
@@ -323,17 +338,19 @@ def _simulate(args: argparse.Namespace) -> int:
         (out / "comparison.md").write_text(format_markdown(res) + "\n")
         if args.json:
             args.json.write_text(doc)
-        plot_compare(out / "compare.png", res, arr, f"gpufleet simulate --compare: {sc.name}")
-        print(f"report: {out}/comparison.json  {out}/compare.png")
+        if args.plot:
+            plot_compare(out / "compare.png", res, arr, f"gpufleet simulate --compare: {sc.name}")
+        print(f"report: {out}/comparison.json" + (f"  {out}/compare.png" if args.plot else ""))
         return 0
     sim = simulate(cfg, arr, pool=args.pool, duration_s=sc.duration_s)
     extra = {"model": cfg.pool(sim.pool).model, "started_at": 0.0, "scheduled": len(arr), "simulated": True,
              "sim_wall_s": round(sim.wall_s, 3)}
     summary = summarize(sc, sim.results, sim.timeline, 0.0, sim.end_s, sim.pool, extra)
     run = Run(sc, "simulated", "simulated", timeline=sim.timeline, results=sim.results)
-    write_report(run, summary, out)
+    write_report(run, summary, out, plot=args.plot)
     print(format_summary(summary))
-    print(f"simulated {len(arr)} requests in {sim.wall_s:.2f} s; report: {out}/report.json  {out}/timeline.png")
+    print(f"simulated {len(arr)} requests in {sim.wall_s:.2f} s; report: {out}/report.json"
+          + (f"  {out}/timeline.png" if args.plot else ""))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1))
     return 0 if summary["slo_met"] else 1
@@ -366,10 +383,11 @@ def _simulate_streams(cfg: Any, sc: Any, base: Path, out: Path, args: argparse.N
                                   {"model": s.model, "started_at": 0.0, "scheduled": len(by_pool[pool]),
                                    "simulated": True})
     summary = streams_summary(sc.name, 0.0, streams) | {"sim_wall_s": round(sim.wall_s, 3)}
-    write_report(Run(sc, "simulated", "simulated", timeline=sim.timeline, results=sim.results), summary, out)
+    write_report(Run(sc, "simulated", "simulated", timeline=sim.timeline, results=sim.results), summary, out,
+                 plot=args.plot)
     print(format_any(summary))
-    print(f"simulated {summary['requests']} requests in {sim.wall_s:.2f} s; report: {out}/report.json  "
-          f"{out}/timeline-*.png")
+    print(f"simulated {summary['requests']} requests in {sim.wall_s:.2f} s; report: {out}/report.json"
+          + (f"  {out}/timeline-*.png" if args.plot else ""))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1))
     return 0 if summary["slo_met"] else 1
@@ -527,6 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--json", type=Path, default=None, help="write the summary (or the comparison) as JSON here")
     sm.add_argument("--out", type=Path, default=None, help="report folder (default reports/sim-<scenario>-<time>)")
     sm.add_argument("--duration", type=float, default=None, help="override the scenario's duration (s)")
+    sm.add_argument("--no-plot", action="store_true", help="no PNG (no matplotlib needed)")
     sm.set_defaults(func=_simulate)
     dp = sub.add_parser("docker-proxy", help="the compose stack's Docker API proxy (the only holder of the socket)")
     dp.add_argument("--host", default="0.0.0.0")

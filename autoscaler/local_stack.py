@@ -29,6 +29,7 @@ from autoscaler.gateway.edge import listen as listen_edge
 from autoscaler.gateway.nginx import Gateway, LocalNginx, atomic_write
 from autoscaler.gateway.render import initial_routes, packaged_template, render_template
 from autoscaler.gpus.placement import make_placer
+from autoscaler.paths import shared
 from autoscaler.prom_sd import TargetsWriter
 from autoscaler.runtime.local import LocalRuntime
 
@@ -110,7 +111,7 @@ class LocalPrometheus:
             log.warning("prometheus not found on PATH: running without it (apt-get install prometheus)")
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        rules = Path(__file__).resolve().parent.parent / "prometheus" / "rules.yml"
+        rules = shared("prometheus/rules.yml")
         text = render_template(
             packaged_template("prometheus.yml.j2"), mode="local", scrape_interval="2s",
             rule_files=[str(rules)] if rules.exists() else [],

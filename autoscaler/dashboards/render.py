@@ -18,7 +18,9 @@ from typing import Any
 
 import httpx
 
-DASHBOARDS_DIR = Path(__file__).resolve().parents[2] / "grafana" / "dashboards"
+from autoscaler.paths import shared
+
+DASHBOARDS_DIR = shared("grafana/dashboards")
 _LEGEND = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
 

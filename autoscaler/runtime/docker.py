@@ -183,7 +183,10 @@ class DockerRuntime:
         self._since: dict[str, float] = {}
 
     def _mine(self) -> list[Any]:
-        mine: list[Any] = self.client.containers.list(all=True, filters={"label": [f"{L}owner={self.project}"]})
+        # docker-py lists the ids, then inspects each: a container removed in between (a replica stopping) is
+        # left out, not a NotFound that fails the whole list, and with it the tick
+        mine: list[Any] = self.client.containers.list(all=True, filters={"label": [f"{L}owner={self.project}"]},
+                                                      ignore_removed=True)
         return mine
 
     def _to_replica(self, c: Any) -> Replica | None:
@@ -226,7 +229,7 @@ class DockerRuntime:
         return out
 
     def _find(self, rid: str) -> Any:
-        found = self.client.containers.list(all=True, filters={"label": [f"{L}replica={rid}"]})
+        found = self.client.containers.list(all=True, filters={"label": [f"{L}replica={rid}"]}, ignore_removed=True)
         if not found:
             raise KeyError(rid)
         return found[0]

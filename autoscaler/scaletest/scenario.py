@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from autoscaler.config import ConfigError, _field_path
+from autoscaler.paths import shared_root
 from autoscaler.scaletest.loadgen import Arrival
 from autoscaler.scaletest.traces import load_trace
 
@@ -222,6 +223,6 @@ def load_scenario(name_or_path: str) -> tuple[Scenario, Path]:
     traces = [x.profile for x in sc.streams] if sc.streams else [sc.profile]
     rel = [t for t in traces if isinstance(t, Trace) and not t.path.is_absolute()]
     if rel and not all((base / t.path).exists() for t in rel):
-        # shipped scenarios name traces relative to the project root
-        base = Path(__file__).resolve().parent.parent.parent
+        # shipped scenarios name traces relative to the project root (a wheel installs them under its share)
+        base = shared_root()
     return sc, base

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -288,6 +289,38 @@ def test_the_docker_runtime_forgets_the_role_clocks_of_replicas_that_are_gone(co
     assert "r-chat-gone:active" not in rt._since
     # exactly one clock a replica listed, in the role it was listed in; none for anything else
     assert set(rt._since) == {f"{r.id}:{r.role}" for r in now}
+
+
+def test_a_replica_removed_while_the_runtime_lists_is_left_out_not_an_error(compose_stack):
+    """CI caught it: docker-py lists the ids, then inspects each; a container removed in between (a replica
+    stopping) made the whole list raise NotFound. Here the removal is forced into that gap, on the real engine."""
+
+    import docker
+    from autoscaler.runtime.docker import DockerRuntime
+
+    client = docker.from_env()
+    project = f"gf-list-race-{os.getpid()}"
+    labels = {"io.gpufleet.owner": project, "io.gpufleet.pool": "chat", "io.gpufleet.replica": "r-chat-race"}
+    keep = client.containers.create("gpufleet/app:latest", command=["true"], labels=labels)
+    gone = client.containers.create("gpufleet/app:latest", command=["true"],
+                                    labels={**labels, "io.gpufleet.replica": "r-chat-gone"})
+    rt = DockerRuntime(client, project, f"{PROJECT}_default", "gpufleet/app:latest")
+    real = client.api.inspect_container
+
+    def inspect(cid: str):  # the replica `gone` is removed just before docker-py inspects it
+        if cid == gone.id:
+            client.api.remove_container(cid, force=True)
+        return real(cid)
+
+    client.api.inspect_container = inspect
+    try:
+        ids = [c.id for c in rt._mine()]
+        assert ids == [keep.id], ids
+    finally:
+        client.api.inspect_container = real
+        keep.remove(force=True)
+        with contextlib.suppress(docker.errors.NotFound):
+            gone.remove(force=True)
 
 
 def test_compose_down_leaves_no_container(compose_stack):
